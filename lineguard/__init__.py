@@ -1,0 +1,3 @@
+"""lineguard: streaming visual inspection for manufacturing lines."""
+
+__version__ = "0.1.0"

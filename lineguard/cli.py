@@ -1,0 +1,66 @@
+"""The one command line: ``lineguard <subcommand>``; each subcommand lives beside the code it runs.
+
+Every folder that owns a subcommand exposes ``register(subparsers)`` in its
+``cli.py``; this module only assembles them, loads the settings and sets up
+logging, so ``lineguard --help`` stays fast (heavy imports happen in the
+handlers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .config import ConfigError, load_settings
+from .logs import setup_logging
+
+# (module providing register(subparsers)) in the order --help lists them.
+_COMMAND_MODULES = (
+    "lineguard.deploy.cli",       # stack up|down|status
+    "lineguard.producers.cli",    # produce
+    "lineguard.processors.cli",   # process
+    "lineguard.sinks.cli",        # sink
+    "lineguard.engines.cli",      # train, eval, export
+    "lineguard.demo",             # demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lineguard", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML configuration file (or LINEGUARD_CONFIG)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("lineguard"):
+                continue  # a part not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"lineguard: {exc}", file=sys.stderr)
+        return 2
+    if args.log_level:
+        settings.log_level = args.log_level
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        return int(args.handler(args, settings) or 0)
+    except ConfigError as exc:
+        print(f"lineguard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The one configuration model of lineguard.
+
+Precedence, lowest first: built-in defaults < the local stack's addresses
+(``<state_dir>/stack.json``, written by ``lineguard stack up``) < a YAML file
+(``--config`` or ``LINEGUARD_CONFIG``) < environment variables
+(``LINEGUARD_<SECTION>__<FIELD>``, e.g. ``LINEGUARD_KAFKA__BOOTSTRAP_SERVERS``).
+
+Secrets are ``SecretStr`` so they never appear in logs or reprs; each secret
+can also be read from a file (``*_file`` fields), the way container
+orchestrators mount them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """Raised with a readable message when the configuration is invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _read_secret(value: SecretStr | None, path: Path | None) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if path is not None:
+        return path.read_text().strip()
+    return None
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    # Images are big: every hop (broker, topic, producer, consumer) is raised to this.
+    message_max_bytes: int = Field(default=16 * MiB, ge=1 * MiB, le=256 * MiB)
+    frame_partitions: int = Field(default=2, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1)
+    verdict_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
+
+    def confluent(self) -> dict[str, Any]:
+        """librdkafka settings shared by every confluent-kafka client."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = _read_secret(self.sasl_password, self.sasl_password_file) or ""
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        return conf
+
+    def password(self) -> str | None:
+        return _read_secret(self.sasl_password, self.sasl_password_file)
+
+
+class LimitsConfig(_Section):
+    """Bounds applied when decoding frames, so hostile input cannot exhaust memory."""
+
+    max_image_bytes: int = Field(default=12 * MiB, ge=1024)
+    max_width: int = Field(default=8192, ge=16)
+    max_height: int = Field(default=8192, ge=16)
+    max_pixels: int = Field(default=40_000_000, ge=256)
+    deadletter_max_raw_bytes: int = Field(default=1 * MiB, ge=0)
+
+
+class ProducerConfig(_Section):
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    linger_ms: int = Field(default=5, ge=0)
+    delivery_timeout_ms: int = Field(default=120_000, ge=1000)
+    jpeg_quality: int = Field(default=92, ge=10, le=100)
+
+
+class BatchingConfig(_Section):
+    """Dynamic batching, as Triton's: flush when max_batch frames wait or the oldest waited max_wait_ms."""
+
+    max_batch: int = Field(default=16, ge=1, le=1024)
+    max_wait_ms: int = Field(default=50, ge=0, le=60_000)
+
+
+class ProcessorConfig(_Section):
+    model_dir: Path = Path("models")
+    processor_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    consumer_group: str = "lineguard-processors"
+    lines: list[str] = Field(default_factory=lambda: ["line1", "line2"])
+    batching: BatchingConfig = BatchingConfig()
+    # Per-product batching overrides: {"hazelnut": {"max_batch": 8, "max_wait_ms": 20}}
+    batching_per_model: dict[str, BatchingConfig] = Field(default_factory=dict)
+    # Per-line threshold overrides: {"line1": {"hazelnut": 0.42}}; "*" matches any product.
+    threshold_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
+    heatmaps: Literal["defective", "all", "none"] = "defective"
+    model_poll_s: float = Field(default=2.0, gt=0)
+    web_port: int = Field(default=0, ge=0, le=65535)
+    inference_threads: int = Field(default=0, ge=0)  # 0: all cores
+
+    def batching_for(self, product: str) -> BatchingConfig:
+        return self.batching_per_model.get(product, self.batching)
+
+
+class ClickHouseConfig(_Section):
+    backend: Literal["chdb", "server"] = "chdb"
+    chdb_path: Path | None = None  # default: <state_dir>/chdb
+    url: str = "http://127.0.0.1:8123"
+    username: str = "default"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    database: str = "lineguard"
+
+    def secret(self) -> str:
+        return _read_secret(self.password, self.password_file) or ""
+
+
+class ObjectStoreConfig(_Section):
+    backend: Literal["local", "s3"] = "local"
+    local_dir: Path | None = None  # default: <state_dir>/heatmaps
+    endpoint: str = "127.0.0.1:9000"
+    secure: bool = False
+    access_key: SecretStr | None = None
+    access_key_file: Path | None = None
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
+    bucket: str = "lineguard-heatmaps"
+    region: str | None = None
+
+    def credentials(self) -> tuple[str, str]:
+        return (
+            _read_secret(self.access_key, self.access_key_file) or "",
+            _read_secret(self.secret_key, self.secret_key_file) or "",
+        )
+
+
+class SinkConfig(_Section):
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval_ms: int = Field(default=1000, ge=1)
+    retry_initial_ms: int = Field(default=200, ge=1)
+    retry_max_ms: int = Field(default=10_000, ge=1)
+    clickhouse: ClickHouseConfig = ClickHouseConfig()
+    object_store: ObjectStoreConfig = ObjectStoreConfig()
+
+
+class StackConfig(_Section):
+    kafka_version: str = "4.1.1"
+    versitygw_version: str = "v1.7.0"
+    cache_dir: Path = Path(".cache")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LINEGUARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    state_dir: Path = Path(".state")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    kafka: KafkaConfig = KafkaConfig()
+    limits: LimitsConfig = LimitsConfig()
+    producer: ProducerConfig = ProducerConfig()
+    processor: ProcessorConfig = ProcessorConfig()
+    sinks: SinkConfig = SinkConfig()
+    stack: StackConfig = StackConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats init kwargs (which carry the file and stack values).
+        return (env_settings, init_settings)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.sinks.clickhouse.chdb_path or self.state_dir / "chdb"
+
+    @property
+    def heatmap_dir(self) -> Path:
+        return self.sinks.object_store.local_dir or self.state_dir / "heatmaps"
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def stack_overrides(state_dir: Path) -> dict[str, Any]:
+    """Addresses of the local stack, if ``lineguard stack up`` is running one."""
+    path = state_dir / "stack.json"
+    if not path.exists():
+        return {}
+    info = json.loads(path.read_text())
+    out: dict[str, Any] = {}
+    if info.get("kafka_bootstrap"):
+        out["kafka"] = {"bootstrap_servers": info["kafka_bootstrap"]}
+    if info.get("s3_endpoint"):
+        out["sinks"] = {
+            "object_store": {
+                "endpoint": info["s3_endpoint"],
+                "access_key": info.get("s3_access_key"),
+                "secret_key": info.get("s3_secret_key"),
+            }
+        }
+    return out
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; raise ConfigError with every problem listed."""
+    config_file = config_file or os.environ.get("LINEGUARD_CONFIG")
+    data: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at top level")
+        data = loaded
+    data = _deep_merge(data, overrides)
+    state_dir = Path(
+        os.environ.get("LINEGUARD_STATE_DIR") or data.get("state_dir") or ".state"
+    ).expanduser().resolve()
+    data = _deep_merge(stack_overrides(state_dir), data)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

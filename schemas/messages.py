@@ -1,0 +1,294 @@
+"""The wire contracts: Frame, Verdict, Heatmap and DeadLetter, msgpack-encoded and versioned.
+
+Every message is a msgpack map with string keys and a ``schema_version``.
+Decoding is strict: an unknown version, a missing field or a field of the
+wrong type raises :class:`SchemaError` with a reason code that the
+dead-letter record carries. Unknown extra keys are ignored so that a newer
+producer can add fields without breaking older consumers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import msgpack
+
+from .errors import Reason, SchemaError
+
+ImageEncoding = Literal["jpeg", "png", "raw"]
+RAW_DTYPES = ("uint8", "uint16", "float32")
+_META_TYPES = (str, int, float, bool)
+MAX_META_ITEMS = 64
+
+
+def new_frame_id() -> str:
+    return uuid.uuid4().hex
+
+
+# Field specs: name -> (accepted python types, required). bool is a subclass of
+# int in Python, so integer fields reject it explicitly.
+_Spec = dict[str, tuple[tuple[type, ...], bool]]
+
+
+def _check(kind: str, doc: Any, spec: _Spec, version: int) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise SchemaError(Reason.MALFORMED, f"{kind}: expected a msgpack map, got {type(doc).__name__}")
+    got_version = doc.get("schema_version")
+    if got_version != version:
+        raise SchemaError(
+            Reason.UNSUPPORTED_VERSION,
+            f"{kind}: unsupported schema_version {got_version!r} (this build reads {version})",
+        )
+    out: dict[str, Any] = {}
+    for name, (types, required) in spec.items():
+        if name not in doc or doc[name] is None:
+            if required:
+                raise SchemaError(Reason.INVALID_FIELD, f"{kind}: missing field {name!r}")
+            out[name] = None
+            continue
+        value = doc[name]
+        if bool not in types and isinstance(value, bool) or not isinstance(value, types):
+            raise SchemaError(
+                Reason.INVALID_FIELD,
+                f"{kind}: field {name!r} must be {'/'.join(t.__name__ for t in types)}, "
+                f"got {type(value).__name__}",
+            )
+        out[name] = value
+    return out
+
+
+def _unpack(kind: str, data: bytes, max_bytes: int | None = None) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SchemaError(Reason.MALFORMED, f"{kind}: expected bytes, got {type(data).__name__}")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise SchemaError(Reason.OVERSIZE, f"{kind}: message of {len(data)} bytes exceeds {max_bytes}")
+    try:
+        # Bounded unpacking: no container or blob can claim more than the message holds.
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=len(data),
+            max_str_len=len(data),
+            max_array_len=len(data),
+            max_map_len=len(data),
+        )
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise SchemaError(Reason.MALFORMED, f"{kind}: not valid msgpack ({type(exc).__name__}: {exc})") from None
+
+
+class _Message:
+    KIND: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+    SPEC: ClassVar[_Spec]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def encode(self) -> bytes:
+        return msgpack.packb(self.to_dict(), use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes, max_bytes: int | None = None):  # noqa: ANN206
+        fields = _check(cls.KIND, _unpack(cls.KIND, data, max_bytes), cls.SPEC, cls.VERSION)
+        obj = cls(**fields)  # type: ignore[call-arg]
+        obj._validate()
+        return obj
+
+    def _validate(self) -> None:
+        """Semantic checks beyond types; subclasses extend."""
+
+
+@dataclass
+class Frame(_Message):
+    """One camera image. Key on the wire: ``camera_id`` (keeps a camera's frames in order)."""
+
+    KIND: ClassVar[str] = "Frame"
+    SPEC: ClassVar[_Spec] = {
+        "schema_version": ((int,), True),
+        "frame_id": ((str,), True),
+        "line_id": ((str,), True),
+        "camera_id": ((str,), True),
+        "product": ((str,), True),
+        "captured_at_ns": ((int,), True),
+        "seq": ((int,), True),
+        "encoding": ((str,), True),
+        "image": ((bytes,), True),
+        "dtype": ((str,), False),
+        "shape": ((list, tuple), False),
+        "meta": ((dict,), False),
+    }
+
+    frame_id: str
+    line_id: str
+    camera_id: str
+    product: str
+    captured_at_ns: int
+    seq: int
+    encoding: str
+    image: bytes
+    dtype: str | None = None
+    shape: list[int] | None = None
+    meta: dict[str, Any] | None = field(default_factory=dict)
+    schema_version: int = 1
+
+    def _validate(self) -> None:
+        for name in ("frame_id", "line_id", "camera_id", "product"):
+            value = getattr(self, name)
+            if not value or len(value) > 128:
+                raise SchemaError(Reason.INVALID_FIELD, f"Frame: {name} must be 1..128 characters")
+        if self.encoding not in ("jpeg", "png", "raw"):
+            raise SchemaError(Reason.INVALID_FIELD, f"Frame: unknown image encoding {self.encoding!r}")
+        if self.encoding == "raw":
+            if self.dtype not in RAW_DTYPES:
+                raise SchemaError(Reason.INVALID_FIELD, f"Frame: raw dtype must be one of {RAW_DTYPES}, got {self.dtype!r}")
+            if (
+                not isinstance(self.shape, (list, tuple))
+                or len(self.shape) not in (2, 3)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in self.shape)
+                or (len(self.shape) == 3 and self.shape[2] not in (1, 3))
+            ):
+                raise SchemaError(Reason.INVALID_FIELD, f"Frame: raw shape must be [h, w] or [h, w, 1|3], got {self.shape!r}")
+            self.shape = [int(d) for d in self.shape]
+        meta = self.meta or {}
+        if len(meta) > MAX_META_ITEMS or not all(
+            isinstance(k, str) and isinstance(v, _META_TYPES) for k, v in meta.items()
+        ):
+            raise SchemaError(Reason.INVALID_FIELD, "Frame: meta must map at most 64 strings to str/int/float/bool")
+        self.meta = meta
+
+
+@dataclass
+class Verdict(_Message):
+    """The processor's judgement of one frame: what MES systems consume."""
+
+    KIND: ClassVar[str] = "Verdict"
+    SPEC: ClassVar[_Spec] = {
+        "schema_version": ((int,), True),
+        "frame_id": ((str,), True),
+        "line_id": ((str,), True),
+        "camera_id": ((str,), True),
+        "product": ((str,), True),
+        "seq": ((int,), True),
+        "captured_at_ns": ((int,), True),
+        "scored_at_ns": ((int,), True),
+        "model_name": ((str,), True),
+        "model_version": ((str,), True),
+        "score": ((float, int), True),
+        "threshold": ((float, int), True),
+        "is_defective": ((bool,), True),
+        "heatmap_key": ((str,), False),
+        "queue_wait_ms": ((float, int), True),
+        "inference_ms": ((float, int), True),
+        "processor_id": ((str,), True),
+    }
+
+    frame_id: str
+    line_id: str
+    camera_id: str
+    product: str
+    seq: int
+    captured_at_ns: int
+    scored_at_ns: int
+    model_name: str
+    model_version: str
+    score: float
+    threshold: float
+    is_defective: bool
+    heatmap_key: str | None
+    queue_wait_ms: float
+    inference_ms: float
+    processor_id: str
+    schema_version: int = 1
+
+
+@dataclass
+class Heatmap(_Message):
+    """An encoded heatmap overlay, published for the heatmap sink to store under ``key``."""
+
+    KIND: ClassVar[str] = "Heatmap"
+    SPEC: ClassVar[_Spec] = {
+        "schema_version": ((int,), True),
+        "frame_id": ((str,), True),
+        "line_id": ((str,), True),
+        "key": ((str,), True),
+        "content_type": ((str,), True),
+        "data": ((bytes,), True),
+        "captured_at_ns": ((int,), True),
+    }
+
+    frame_id: str
+    line_id: str
+    key: str
+    content_type: str
+    data: bytes
+    captured_at_ns: int
+    schema_version: int = 1
+
+
+@dataclass
+class DeadLetter(_Message):
+    """A message that could not be processed, with where it came from and why."""
+
+    KIND: ClassVar[str] = "DeadLetter"
+    SPEC: ClassVar[_Spec] = {
+        "schema_version": ((int,), True),
+        "source_topic": ((str,), True),
+        "partition": ((int,), True),
+        "offset": ((int,), True),
+        "reason": ((str,), True),
+        "error": ((str,), True),
+        "raw": ((bytes,), True),
+        "raw_size": ((int,), True),
+        "failed_at_ns": ((int,), True),
+        "component": ((str,), True),
+        "frame_id": ((str,), False),
+        "line_id": ((str,), False),
+    }
+
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    error: str
+    raw: bytes
+    raw_size: int
+    failed_at_ns: int
+    component: str
+    frame_id: str | None = None
+    line_id: str | None = None
+    schema_version: int = 1
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        reason: str,
+        error: str,
+        raw: bytes,
+        max_raw_bytes: int,
+        failed_at_ns: int,
+        component: str,
+        frame_id: str | None = None,
+        line_id: str | None = None,
+    ) -> "DeadLetter":
+        raw = bytes(raw or b"")
+        return cls(
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            reason=str(reason),
+            error=error[:4000],
+            raw=raw[:max_raw_bytes],
+            raw_size=len(raw),
+            failed_at_ns=failed_at_ns,
+            component=component,
+            frame_id=frame_id,
+            line_id=line_id,
+        )

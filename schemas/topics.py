@@ -1,0 +1,48 @@
+"""Topic names: one topic per line for frames, verdicts and heatmaps; one dead-letter topic.
+
+Per-line verdict topics let a plant grant an MES client exactly one line
+(a prefixed ACL on ``lineguard.verdicts.<line_id>``).
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "lineguard"
+DEADLETTER = f"{PREFIX}.deadletter"
+FRAMES_PATTERN = rf"^{re.escape(PREFIX)}\.frames\..+$"
+_LINE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_line_id(line_id: str) -> str:
+    if not _LINE_ID.match(line_id or ""):
+        raise ValueError(f"line id {line_id!r} must be 1-64 characters of letters, digits, '_' or '-'")
+    return line_id
+
+
+def frames(line_id: str) -> str:
+    return f"{PREFIX}.frames.{check_line_id(line_id)}"
+
+
+def verdicts(line_id: str) -> str:
+    return f"{PREFIX}.verdicts.{check_line_id(line_id)}"
+
+
+def heatmaps(line_id: str) -> str:
+    return f"{PREFIX}.heatmaps.{check_line_id(line_id)}"
+
+
+def line_of(topic: str) -> str:
+    """The line id of a per-line topic name."""
+    parts = topic.split(".", 2)
+    if len(parts) != 3 or parts[0] != PREFIX:
+        raise ValueError(f"{topic!r} is not a per-line lineguard topic")
+    return parts[2]
+
+
+def heatmap_key(line_id: str, frame_id: str, captured_at_ns: int) -> str:
+    """Object key of a frame's heatmap: ``<line>/<yyyy>/<mm>/<dd>/<frame_id>.png`` (UTC date)."""
+    import datetime as _dt
+
+    day = _dt.datetime.fromtimestamp(captured_at_ns / 1e9, tz=_dt.timezone.utc)
+    return f"{line_id}/{day:%Y/%m/%d}/{frame_id}.png"
