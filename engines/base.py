@@ -1,0 +1,86 @@
+"""The contract every engine keeps, scikit-learn style: fit / score / save / load.
+
+* ``fit(images)`` learns from normal ``uint8 H x W x 3`` images only.
+* ``score(images) -> (scores[N], anomaly_maps[N, 1, h, w])`` in the training
+  framework (numpy or torch): the reference the exported graph must match.
+* ``export_onnx(path)`` writes a graph with input ``image`` (float32
+  ``N x 3 x h x w``, dynamic N, normalised as the manifest says) and outputs
+  ``score`` (N) and ``anomaly_map`` (N x 1 x h x w).
+* ``save(model_dir, ...)`` = export + calibrated manifest; ``load(model_dir)``
+  returns the ONNX Runtime :class:`~lineguard.engines.runtime.ScoringEngine`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .manifest import ONNX_FILE, InputSpec, Manifest, Thresholds
+from .runtime import ScoringEngine
+from .thresholds import f1_optimal, normal_quantile
+
+
+def calibrate(normal_scores: np.ndarray, defect_scores: np.ndarray | None = None,
+              target_false_reject_rate: float = 0.01) -> tuple[Thresholds, dict[str, Any]]:
+    """Thresholds from normal validation scores (and labelled defects when there are some)."""
+    normal_scores = np.asarray(normal_scores, dtype=np.float64)
+    quantile = normal_quantile(normal_scores, target_false_reject_rate)
+    thresholds = Thresholds(
+        value=quantile, method="normal_quantile", normal_quantile=quantile,
+        target_false_reject_rate=target_false_reject_rate,
+    )
+    if defect_scores is not None and len(defect_scores):
+        scores = np.r_[normal_scores, defect_scores]
+        labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defect_scores))]
+        thresholds.f1_optimal, _ = f1_optimal(scores, labels)
+        thresholds.value, thresholds.method = thresholds.f1_optimal, "f1_optimal"
+    stats = {
+        "n_normal": int(normal_scores.size),
+        "normal_mean": float(normal_scores.mean()),
+        "normal_std": float(normal_scores.std()),
+        "normal_quantiles": {str(q): float(np.quantile(normal_scores, q)) for q in (0.5, 0.9, 0.99, 1.0)},
+        # A histogram of normal scores: the reference a drift monitor compares live scores with.
+        "normal_histogram": np.histogram(normal_scores, bins=10)[0].tolist(),
+        "normal_histogram_edges": np.histogram(normal_scores, bins=10)[1].tolist(),
+    }
+    return thresholds, stats
+
+
+class AnomalyModel(ABC):
+    kind: str = "abstract"
+
+    def __init__(self, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
+        self.input = InputSpec(height=input_size[0], width=input_size[1], mean=list(mean), std=list(std))
+
+    @abstractmethod
+    def fit(self, images: Sequence[np.ndarray]) -> "AnomalyModel": ...
+
+    @abstractmethod
+    def score(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def export_onnx(self, path: Path) -> None: ...
+
+    def save(self, model_dir: str | Path, *, name: str, version: str, thresholds: Thresholds,
+             calibration: dict[str, Any], map_display_range: tuple[float, float],
+             training: dict[str, Any], backbone: dict[str, Any] | None = None,
+             extra: dict[str, Any] | None = None) -> Path:
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        # Graph first, manifest last: the manifest is what processors watch for changes.
+        tmp = model_dir / (ONNX_FILE + ".tmp")
+        self.export_onnx(tmp)
+        tmp.replace(model_dir / ONNX_FILE)
+        manifest = Manifest(
+            kind=self.kind, name=name, version=version, input=self.input, thresholds=thresholds,
+            map_display_range=map_display_range, backbone=backbone, training=training,
+            calibration=calibration, extra=extra or {},
+        )
+        return manifest.save(model_dir)
+
+    @staticmethod
+    def load(model_dir: str | Path, **kwargs: Any) -> ScoringEngine:
+        return ScoringEngine(model_dir, **kwargs)

@@ -1,0 +1,55 @@
+"""``lineguard train`` and ``lineguard eval``: the engines' command line (a contract scripts depend on)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    from .training import train
+
+    options = {}
+    if args.size:
+        options["input_size"] = (args.size, args.size)
+    if args.backbone:
+        options["backbone"] = args.backbone
+    for item in args.option or []:
+        key, _, value = item.partition("=")
+        options[key] = json.loads(value) if value[:1] in "[{0123456789-.tfn" else value
+    path = train(args.model, args.data, args.out, name=args.name, version=args.version,
+                 target_false_reject_rate=args.false_reject_rate, defects_dir=args.defects,
+                 seed=args.seed, **options)
+    print(f"train: model={args.model} out={path.parent}")
+    return 0
+
+
+def _eval(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    from .evaluate import run_eval_cli
+
+    return run_eval_cli(args, settings)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fit an engine on normal images and export it to ONNX + manifest")
+    p.add_argument("--model", required=True, choices=["baseline", "patchcore", "efficientad"])
+    p.add_argument("--data", required=True, help="MVTec root (uses train/good) or a folder of normal images")
+    p.add_argument("--out", required=True, help="model folder to write (model.onnx + manifest.json)")
+    p.add_argument("--backbone", help="feature extractor for patchcore/efficientad (see docs)")
+    p.add_argument("--size", type=int, help="square input size in pixels")
+    p.add_argument("--name")
+    p.add_argument("--version")
+    p.add_argument("--false-reject-rate", type=float, default=0.01)
+    p.add_argument("--defects", help="folder of labelled defective images: also calibrate an F1-optimal threshold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", help="engine option KEY=VALUE (repeatable)")
+    p.set_defaults(handler=_train)
+
+    e = sub.add_parser("eval", help="evaluate a model folder on an MVTec-layout test set")
+    e.add_argument("--model", required=True, help="model folder")
+    e.add_argument("--data", required=True, help="MVTec root (uses test/ and ground_truth/)")
+    e.add_argument("--json", help="write the metrics JSON here")
+    e.add_argument("--markdown", help="write a Markdown table here")
+    e.add_argument("--sheet", help="write a PNG sheet of heatmap overlays here")
+    e.add_argument("--batch", type=int, default=16)
+    e.set_defaults(handler=_eval)

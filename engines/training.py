@@ -1,0 +1,110 @@
+"""From a folder of normal images to a calibrated model folder (model.onnx + manifest.json).
+
+The steps are the same for every engine: split the normal images into fit
+and calibration sets, fit, score the calibration set, calibrate thresholds
+(and F1-optimal ones when labelled defects are given), export, write the
+manifest. Engine-specific work stays behind :class:`AnomalyModel`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .base import AnomalyModel, calibrate
+from .data import DatasetError, list_images, load_rgb, normal_images
+
+log = logging.getLogger(__name__)
+
+# kind -> "module:function" building an unfitted AnomalyModel from keyword options.
+# Imported lazily: PatchCore and EfficientAD need torch (the `train` extra), the baseline does not.
+MODEL_FACTORIES: dict[str, str] = {
+    "baseline": "lineguard.engines.baseline.model:BaselineModel",
+    "patchcore": "lineguard.engines.patchcore.train:build_model",
+    "efficientad": "lineguard.engines.efficientad.train:build_model",
+}
+
+
+def model_factory(kind: str) -> Callable[..., AnomalyModel]:
+    if kind not in MODEL_FACTORIES:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(MODEL_FACTORIES)}")
+    module_name, attr = MODEL_FACTORIES[kind].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            f"model kind {kind!r} needs {exc.name!r}: install the training extra (make train-deps)"
+        ) from None
+    return getattr(module, attr)
+
+
+def split_calibration(paths: list[Path], fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """Hold out ``fraction`` of the normal images (at least 1) to calibrate thresholds on."""
+    if len(paths) < 2:
+        raise DatasetError(f"need at least 2 normal images, found {len(paths)}")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    n_cal = min(len(paths) - 1, max(1, int(round(len(paths) * fraction))))
+    cal = sorted(paths[i] for i in order[:n_cal])
+    fit = sorted(paths[i] for i in order[n_cal:])
+    return fit, cal
+
+
+def score_in_batches(model: AnomalyModel, images: list[np.ndarray], batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    scores, maps = [], []
+    for i in range(0, len(images), batch):
+        s, m = model.score(images[i:i + batch])
+        scores.append(np.asarray(s))
+        maps.append(np.asarray(m))
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def train(kind: str, data: str | Path, out: str | Path, *, name: str | None = None,
+          version: str | None = None, calibration_fraction: float = 0.2,
+          target_false_reject_rate: float = 0.01, defects_dir: str | Path | None = None,
+          seed: int = 0, **options: Any) -> Path:
+    """Fit ``kind`` on ``data`` (MVTec root or folder of normal images) and write ``out``."""
+    started = time.perf_counter()
+    model = model_factory(kind)(**options)
+    size = (model.input.height, model.input.width)
+    paths = normal_images(data)
+    fit_paths, cal_paths = split_calibration(paths, calibration_fraction, seed)
+    log.info("training %s on %d normal images (%d held out for calibration)", kind, len(fit_paths), len(cal_paths))
+    fit_images = [load_rgb(p, size) for p in fit_paths]
+    model.fit(fit_images)
+    fit_s = time.perf_counter() - started
+
+    cal_scores, cal_maps = score_in_batches(model, [load_rgb(p, size) for p in cal_paths])
+    defect_scores = None
+    if defects_dir is not None:
+        defect_paths = list_images(defects_dir)
+        defect_scores, _ = score_in_batches(model, [load_rgb(p, size) for p in defect_paths])
+    thresholds, stats = calibrate(cal_scores, defect_scores, target_false_reject_rate)
+    # Heatmap colours: the median normal pixel is "cold", 1.5x the threshold is "hot".
+    display = (float(np.median(cal_maps)), float(max(thresholds.value * 1.5, np.quantile(cal_maps, 0.999))))
+    from .manifest import images_fingerprint
+
+    path = model.save(
+        out,
+        name=name or Path(out).name,
+        version=version or time.strftime("%Y%m%d%H%M%S", time.gmtime()),
+        thresholds=thresholds,
+        calibration=stats,
+        map_display_range=display,
+        training={
+            "n_images": len(fit_paths),
+            "n_calibration": len(cal_paths),
+            "images_sha256": images_fingerprint(paths),
+            "fit_seconds": round(fit_s, 3),
+            "data": str(data),
+        },
+        backbone=getattr(model, "backbone_info", None),
+        extra=getattr(model, "manifest_extra", None),
+    )
+    log.info("wrote %s (threshold %.4f, %s) in %.1fs", path, thresholds.value, thresholds.method,
+             time.perf_counter() - started)
+    return path
