@@ -1,0 +1,5 @@
+"""Parts shared by the torch-based engines (PatchCore, EfficientAD).
+
+* :mod:`.backbones` - offline pretrained backbones and the feature extractor (torch).
+* :mod:`.coreset` - greedy k-center coreset sampling (numpy only).
+"""

@@ -1,0 +1,195 @@
+"""The stream processor: a faust-streaming app that scores every line's frames in micro-batches.
+
+Flow per frame::
+
+    lineguard.frames.<line> --(decode msgpack, cheap, on the loop)--> MicroBatcher (per model)
+        --(flush: decode images, score, render heatmaps; worker threads)-->
+        lineguard.heatmaps.<line>, lineguard.verdicts.<line>  |  lineguard.deadletter
+        --(every output acknowledged by the broker)--> ack the frame (faust commits acked offsets)
+
+Acknowledging only after delivery makes the path at-least-once: a crash
+re-delivers frames whose verdicts may already be out, and consumers
+deduplicate on ``frame_id`` (the ClickHouse table does it by design).
+Processors are stateless members of one consumer group, so adding workers
+(up to the number of frame partitions) adds throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+
+from lineguard.config import Settings
+from lineguard.schemas import DeadLetter, Frame, ImageLimits, Reason, SchemaError, topics
+
+from .batching import BatchLimits, MicroBatcher
+from .models import ModelRegistry
+from .scoring import BatchScorer, Outcome, Work
+
+log = logging.getLogger("lineguard.processor")
+COMPONENT = "processor"
+
+
+def faust_broker_settings(settings: Settings) -> dict[str, Any]:
+    """faust/aiokafka settings with image-sized limits and the configured security."""
+    kafka = settings.kafka
+    conf: dict[str, Any] = {
+        "broker": [f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(",")],
+        "producer_max_request_size": kafka.message_max_bytes,
+        "consumer_max_fetch_size": kafka.message_max_bytes,
+        "producer_acks": -1,
+    }
+    if kafka.security_protocol != "PLAINTEXT":
+        import ssl
+
+        ssl_context = None
+        if kafka.security_protocol in ("SSL", "SASL_SSL"):
+            ssl_context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+        if kafka.sasl_mechanism:
+            conf["broker_credentials"] = faust.SASLCredentials(
+                username=kafka.sasl_username, password=kafka.password(),
+                mechanism=kafka.sasl_mechanism, ssl_context=ssl_context,
+            )
+        elif ssl_context is not None:
+            conf["broker_credentials"] = ssl_context
+    return conf
+
+
+class FrameProcessor:
+    """Owns the batcher, the scorer and publishing; the faust agent feeds it events."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        pconf = settings.processor
+        self.registry = ModelRegistry(pconf.model_dir, threads=pconf.inference_threads, poll_s=pconf.model_poll_s)
+        self.scorer = BatchScorer(pconf, ImageLimits.from_config(settings.limits), self.registry)
+        # One scoring thread: ONNX Runtime already uses every core inside one run.
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
+        max_pending = max(64, 4 * max(b.max_batch for b in [pconf.batching, *pconf.batching_per_model.values()]))
+        self.batcher: MicroBatcher[Work] = MicroBatcher(self._limits_for, self._flush, max_pending=max_pending)
+        self.counts: Counter[str] = Counter()
+        self.stream: Any = None
+        self._last_report = time.monotonic()
+
+    def _limits_for(self, key: str) -> BatchLimits:
+        product = key.split("@", 1)[0]
+        b = self.settings.processor.batching_for(product)
+        return BatchLimits(b.max_batch, b.max_wait_ms)
+
+    async def accept(self, event: Any) -> None:
+        message = event.message
+        received_ns = time.time_ns()
+        self.counts["frames_in"] += 1
+        try:
+            frame = Frame.decode(event.value, max_bytes=self.settings.kafka.message_max_bytes)
+            topic_line = topics.line_of(message.topic)
+            if frame.line_id != topic_line:
+                raise SchemaError(Reason.UNKNOWN_LINE,
+                                  f"frame says line {frame.line_id!r} but arrived on {message.topic}")
+        except SchemaError as exc:
+            await self._dead_letter(event, exc, frame_id=None, line_id=None)
+            await self.stream.ack(event)
+            return
+        await self.batcher.put(f"{frame.product}@{frame.line_id}", Work(frame, received_ns, event))
+
+    async def _flush(self, key: str, batch: list[Work]) -> None:
+        loop = asyncio.get_running_loop()
+        outcomes: list[Outcome] = await loop.run_in_executor(self.executor, self.scorer.score, batch)
+        sends = []
+        for outcome in outcomes:
+            frame = outcome.work.frame
+            if outcome.failure is not None:
+                sends.append(self._dead_letter(outcome.work.handle, outcome.failure,
+                                               frame_id=frame.frame_id, line_id=frame.line_id))
+                continue
+            key_bytes = frame.camera_id.encode()
+            if outcome.heatmap is not None:
+                sends.append(self._publish(topics.heatmaps(frame.line_id), key_bytes, outcome.heatmap.encode()))
+                self.counts["heatmaps_out"] += 1
+            sends.append(self._publish(topics.verdicts(frame.line_id), key_bytes, outcome.verdict.encode()))
+            self.counts["verdicts_out"] += 1
+            if outcome.verdict.is_defective:
+                self.counts["defective"] += 1
+        await asyncio.gather(*sends)
+        for outcome in outcomes:
+            await self.stream.ack(outcome.work.handle)
+        self.counts["batches"] += 1
+        self._maybe_report()
+
+    async def _publish(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Send and wait for the broker's acknowledgement; retry (with backoff) until it comes."""
+        delay = 0.2
+        while True:
+            try:
+                future = await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+                await future
+                return
+            except Exception as exc:  # broker down, leader moving, request timed out...
+                self.counts["publish_retries"] += 1
+                log.warning("publishing to %s failed (%s: %s); retrying in %.1fs", topic, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _dead_letter(self, event: Any, error: SchemaError, frame_id: str | None, line_id: str | None) -> None:
+        message = event.message
+        letter = DeadLetter.build(
+            source_topic=message.topic, partition=message.partition, offset=message.offset,
+            reason=error.reason, error=str(error), raw=event.value if isinstance(event.value, bytes) else b"",
+            max_raw_bytes=self.settings.limits.deadletter_max_raw_bytes, failed_at_ns=time.time_ns(),
+            component=COMPONENT, frame_id=frame_id, line_id=line_id,
+        )
+        self.counts[f"deadletter.{error.reason}"] += 1
+        self.counts["deadletter"] += 1
+        log.info("dead letter %s from %s[%d]@%d: %s", error.reason, message.topic, message.partition, message.offset, error)
+        await self._publish(topics.DEADLETTER, None, letter.encode())
+
+    def _maybe_report(self, every_s: float = 10.0) -> None:
+        now = time.monotonic()
+        if now - self._last_report >= every_s:
+            self._last_report = now
+            log.info("processed %s", dict(sorted(self.counts.items())))
+
+
+def build_app(settings: Settings) -> tuple[faust.App, FrameProcessor]:
+    pconf = settings.processor
+    app = faust.App(
+        pconf.consumer_group,
+        **faust_broker_settings(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=str(settings.state_dir / "faust" / pconf.processor_id),
+        web_enabled=pconf.web_port > 0,
+        web_port=pconf.web_port or 6066,
+        web_bind="127.0.0.1",
+        topic_disable_leader=True,  # the broker does not auto-create topics, and we need no leader
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(32, 2 * pconf.batching.max_batch),
+        broker_max_poll_records=max(16, 2 * pconf.batching.max_batch),
+        broker_max_poll_interval=600.0,
+    )
+    processor = FrameProcessor(app, settings)
+    frame_topics = [topics.frames(line) for line in pconf.lines]
+    source = app.topic(*frame_topics, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="score-frames")
+    async def score_frames(stream: faust.Stream) -> None:
+        manual = stream.noack()
+        processor.stream = manual
+        async for event in manual.events():
+            await processor.accept(event)
+
+    @app.timer(10.0)
+    async def report() -> None:
+        processor._maybe_report(every_s=10.0)
+
+    return app, processor

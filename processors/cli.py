@@ -1,0 +1,46 @@
+"""``lineguard process``: run a stream-processor worker (one member of the processors' consumer group)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lineguard.config import Settings
+
+
+def _process(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+
+    from lineguard.kafka_admin import ensure_topics
+
+    from .app import build_app
+
+    pconf = settings.processor
+    if args.lines:
+        pconf.lines = [line for line in args.lines.split(",") if line]
+    if args.group:
+        pconf.consumer_group = args.group
+    if args.model_dir:
+        pconf.model_dir = args.model_dir
+    if args.max_batch:
+        pconf.batching.max_batch = args.max_batch
+    if args.max_wait_ms is not None:
+        pconf.batching.max_wait_ms = args.max_wait_ms
+    if not pconf.model_dir.is_dir():
+        print(f"lineguard: model dir {pconf.model_dir} does not exist (train a model first: lineguard train)")
+        return 2
+    ensure_topics(settings.kafka, pconf.lines)
+    app, _ = build_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+                          override_logging=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("process", help="score frames from the lines' frame topics (a faust worker)")
+    p.add_argument("--lines", help="comma-separated line ids (default: processor.lines)")
+    p.add_argument("--group", help="consumer group (default: processor.consumer_group)")
+    p.add_argument("--model-dir", type=__import__("pathlib").Path, help="folder of model folders")
+    p.add_argument("--max-batch", type=int)
+    p.add_argument("--max-wait-ms", type=int)
+    p.set_defaults(handler=_process)

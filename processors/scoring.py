@@ -1,0 +1,164 @@
+"""Turning a batch of frames into verdicts, heatmaps and dead letters: the processor's pure core.
+
+No Kafka here: the faust app (``app.py``) hands a batch of decoded
+:class:`Frame` messages in and publishes what comes out. Everything in this
+module is synchronous and runs in worker threads, so the event loop stays
+free to heartbeat; numpy, OpenCV, PIL and ONNX Runtime release the GIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lineguard.config import ProcessorConfig
+from lineguard.schemas import Frame, Heatmap, ImageLimits, Reason, SchemaError, Verdict, image, topics
+
+from .heatmap import render_overlay
+from .models import ModelRegistry
+
+log = logging.getLogger(__name__)
+HEATMAP_MAX_SIDE = 512  # overlays are for people: no need to ship 4K PNGs
+
+
+@dataclass
+class Work:
+    """One frame waiting to be scored, with what the stream needs to acknowledge it."""
+
+    frame: Frame
+    received_ns: int
+    handle: Any = None  # the faust event, acknowledged once the outcome is durably produced
+
+
+@dataclass
+class Outcome:
+    work: Work
+    verdict: Verdict | None = None
+    heatmap: Heatmap | None = None
+    failure: SchemaError | None = None  # -> dead letter
+
+
+@dataclass
+class BatchStats:
+    decode_ms: float = 0.0
+    inference_ms: float = 0.0
+    render_ms: float = 0.0
+    sizes: list[int] = field(default_factory=list)
+
+
+def threshold_for(config: ProcessorConfig, line_id: str, product: str, manifest_value: float) -> float:
+    per_line = config.threshold_overrides.get(line_id, {})
+    return float(per_line.get(product, per_line.get("*", manifest_value)))
+
+
+class BatchScorer:
+    def __init__(self, config: ProcessorConfig, limits: ImageLimits, registry: ModelRegistry,
+                 decode_threads: int = 2) -> None:
+        self.config = config
+        self.limits = limits
+        self.registry = registry
+        self._pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        self.stats = BatchStats()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def _decode(self, frame: Frame) -> np.ndarray | SchemaError:
+        try:
+            return image.decode(frame.encoding, frame.image, self.limits, frame.dtype, frame.shape)
+        except SchemaError as exc:
+            return exc
+
+    def score(self, batch: list[Work]) -> list[Outcome]:
+        """Score frames that share one model (same product and line)."""
+        if not batch:
+            return []
+        started = time.perf_counter()
+        started_ns = time.time_ns()
+        first = batch[0].frame
+        engine = self.registry.get(first.product, first.line_id)
+        if engine is None:
+            err = SchemaError(Reason.UNKNOWN_PRODUCT,
+                              f"no model for product {first.product!r} on line {first.line_id!r} "
+                              f"in {self.registry.model_dir}")
+            return [Outcome(w, failure=err) for w in batch]
+
+        decoded = list(self._pool.map(self._decode, [w.frame for w in batch]))
+        outcomes: list[Outcome] = []
+        good: list[tuple[Work, np.ndarray]] = []
+        for work, result in zip(batch, decoded):
+            if isinstance(result, SchemaError):
+                outcomes.append(Outcome(work, failure=result))
+            else:
+                good.append((work, result))
+        decoded_at = time.perf_counter()
+        self.stats.decode_ms = (decoded_at - started) * 1000
+        if not good:
+            return outcomes
+
+        images = [img for _, img in good]
+        try:
+            scores, maps = engine.score(images)
+            results = [(s, m, None) for s, m in zip(scores, maps)]
+        except Exception as exc:  # isolate the frame that breaks the engine, score the rest
+            log.warning("batch of %d failed (%s); scoring frames one by one", len(images), exc)
+            results = []
+            for img in images:
+                try:
+                    s, m = engine.score([img])
+                    results.append((s[0], m[0], None))
+                except Exception as one_exc:
+                    results.append((None, None, SchemaError(Reason.SCORING_FAILED, f"{type(one_exc).__name__}: {one_exc}")))
+        scored_at = time.perf_counter()
+        inference_ms = (scored_at - decoded_at) * 1000
+        self.stats.inference_ms = inference_ms
+        self.stats.sizes.append(len(images))
+
+        scored_at_ns = time.time_ns()
+        manifest = engine.manifest
+        threshold = threshold_for(self.config, first.line_id, first.product, manifest.thresholds.value)
+        for (work, img), (score, amap, failure) in zip(good, results):
+            if failure is not None:
+                outcomes.append(Outcome(work, failure=failure))
+                continue
+            frame = work.frame
+            score = float(score)
+            if not np.isfinite(score):
+                outcomes.append(Outcome(work, failure=SchemaError(Reason.SCORING_FAILED, "engine returned a non-finite score")))
+                continue
+            defective = score > threshold
+            want_heatmap = self.config.heatmaps == "all" or (self.config.heatmaps == "defective" and defective)
+            heatmap = None
+            if want_heatmap:
+                key = topics.heatmap_key(frame.line_id, frame.frame_id, frame.captured_at_ns)
+                heatmap = Heatmap(
+                    frame_id=frame.frame_id, line_id=frame.line_id, key=key, content_type="image/png",
+                    data=render_overlay(_for_display(img), amap[0], manifest.map_display_range, threshold),
+                    captured_at_ns=frame.captured_at_ns,
+                )
+            verdict = Verdict(
+                frame_id=frame.frame_id, line_id=frame.line_id, camera_id=frame.camera_id,
+                product=frame.product, seq=frame.seq, captured_at_ns=frame.captured_at_ns,
+                scored_at_ns=scored_at_ns, model_name=manifest.name, model_version=manifest.version,
+                score=score, threshold=threshold, is_defective=bool(defective),
+                heatmap_key=heatmap.key if heatmap else None,
+                queue_wait_ms=max(0.0, (started_ns - work.received_ns) / 1e6),
+                inference_ms=inference_ms, processor_id=self.config.processor_id,
+            )
+            outcomes.append(Outcome(work, verdict=verdict, heatmap=heatmap))
+        self.stats.render_ms = (time.perf_counter() - scored_at) * 1000
+        return outcomes
+
+
+def _for_display(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    scale = HEATMAP_MAX_SIDE / max(h, w)
+    if scale >= 1.0:
+        return img
+    return cv2.resize(img, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_AREA)

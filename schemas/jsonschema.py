@@ -1,0 +1,66 @@
+"""JSON Schema of the wire messages, for MES consumers that are not written in Python.
+
+Generated from the same field specs the decoders enforce; the committed
+``verdict.schema.json`` is checked against this generator by the tests.
+Regenerate with ``python -m lineguard.schemas.jsonschema``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .messages import Verdict, _Message
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", bytes: "string",
+               list: "array", tuple: "array", dict: "object"}
+_DESCRIPTIONS = {
+    "frame_id": "Globally unique frame id (hex UUID4); the idempotence key: at-least-once delivery may repeat a verdict.",
+    "line_id": "Production line; also the suffix of the topic lineguard.verdicts.<line_id>.",
+    "camera_id": "Camera; the Kafka message key, so one camera's verdicts stay in order.",
+    "seq": "Per-camera sequence number assigned by the producer.",
+    "captured_at_ns": "Capture time, UTC nanoseconds since the Unix epoch.",
+    "scored_at_ns": "Scoring time, UTC nanoseconds since the Unix epoch.",
+    "score": "Raw anomaly score of the model (higher = more anomalous).",
+    "threshold": "Threshold in force for this line and product (manifest value or per-line override).",
+    "is_defective": "score > threshold.",
+    "heatmap_key": "Object key of the heatmap overlay in the heatmap bucket, or null.",
+    "queue_wait_ms": "Time the frame waited in the processor before its batch started.",
+    "inference_ms": "Engine time of the frame's batch.",
+}
+
+
+def schema_for(cls: type[_Message]) -> dict:
+    properties = {}
+    for name, (types, _required) in cls.SPEC.items():
+        kinds = sorted({_JSON_TYPES[t] for t in types})
+        prop: dict = {"type": kinds[0] if len(kinds) == 1 else kinds}
+        if name == "schema_version":
+            prop = {"const": cls.VERSION}
+        if name in _DESCRIPTIONS:
+            prop["description"] = _DESCRIPTIONS[name]
+        if not _required:
+            prop = {"anyOf": [prop, {"type": "null"}], **({"description": prop.pop("description")} if "description" in prop else {})}
+        properties[name] = prop
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://lineguard.dev/schemas/{cls.KIND.lower()}-v{cls.VERSION}.json",
+        "title": f"lineguard {cls.KIND} v{cls.VERSION}",
+        "description": f"msgpack map on the wire; this schema describes it after msgpack decoding. {cls.__doc__ or ''}".strip(),
+        "type": "object",
+        "required": [n for n, (_, req) in cls.SPEC.items() if req],
+        "properties": properties,
+        "additionalProperties": True,  # forward compatibility: newer producers may add fields
+    }
+
+
+VERDICT_SCHEMA_FILE = Path(__file__).with_name("verdict.schema.json")
+
+
+def write() -> Path:
+    VERDICT_SCHEMA_FILE.write_text(json.dumps(schema_for(Verdict), indent=2) + "\n")
+    return VERDICT_SCHEMA_FILE
+
+
+if __name__ == "__main__":
+    print(write())

@@ -1,0 +1,440 @@
+"""The consumer loop every sink shares, so a concrete sink only says how to decode and write.
+
+Delivery is at-least-once and the writes are idempotent (verdict replays collapse
+in ClickHouse, heatmap keys are overwritten), so the loop keeps one rule: **an
+offset is committed only after everything before it was written** (or sent to
+the dead-letter topic). Concretely:
+
+* Messages are gathered into a batch until ``sinks.batch_size`` messages or
+  ``sinks.flush_interval_ms`` since the batch's first message.
+* A message ``decode`` rejects with :class:`SchemaError` is produced to
+  ``lineguard.deadletter`` with the error's reason, once; it is never retried.
+* ``write(batch)`` failures are retried with jittered exponential backoff
+  (``retry_initial_ms`` .. ``retry_max_ms``) until they succeed or the sink is
+  stopped; nothing is committed meanwhile. While retrying, the assigned
+  partitions are paused and the consumer is polled between waits, so it stays
+  in its group (``max.poll.interval.ms`` counts from the last poll) and answers
+  rebalances. ``max.poll.interval.ms`` is still set to 10 minutes, because one
+  slow ``write`` call (a big insert into a struggling server) does not poll.
+* After a write, exactly the written offsets are committed, synchronously.
+* On partition revocation the batch is flushed before the partitions go; if the
+  write fails then, the revoked partitions' messages are dropped from the batch
+  uncommitted, and their new owner reads them again.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from lineguard import kafka_admin
+from lineguard.config import Settings
+from lineguard.logs import get_logger
+from lineguard.schemas import DeadLetter, SchemaError, topics
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+PartitionKey = tuple[str, int]
+
+# How long one poll may block: bounds how late stop requests, flush deadlines and
+# idle exits are noticed.
+_POLL_SLICE_S = 0.2
+MAX_POLL_INTERVAL_MS = 10 * 60 * 1000
+
+
+class SinkStopped(Exception):
+    """Raised inside the loop when a stop was requested while a write was still failing."""
+
+
+@dataclass
+class SinkMetrics:
+    consumed: int = 0        # messages taken from Kafka
+    written: int = 0         # items handed to a successful write()
+    dead_lettered: int = 0   # messages delivered to the dead-letter topic
+    retries: int = 0         # failed write attempts that were retried
+    commits: int = 0         # successful offset commits
+    commit_failures: int = 0
+    # Messages behind the log end, per "topic[partition]", measured after each commit.
+    lag: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_lag(self) -> int:
+        return sum(self.lag.values())
+
+
+@dataclass
+class _Pending(Generic[T]):
+    partition: PartitionKey
+    item: T
+
+
+class Sink(abc.ABC, Generic[T]):
+    """Consume, decode, batch, write, commit. Subclasses set ``kind`` and give decode/write."""
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        lines: Sequence[str] | None = None,
+        group_id: str | None = None,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.sinks
+        self.group_id = group_id or f"lineguard-sink-{self.kind}"
+        # A list of lines subscribes to their topics; None follows every line,
+        # including ones created later (regex subscription).
+        self.subscription: list[str] = (
+            [self.topic_for_line(line) for line in lines] if lines else [self.topic_pattern()]
+        )
+        self.metrics = SinkMetrics()
+        self._consumer_overrides = dict(consumer_overrides or {})
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._pending: list[_Pending[T]] = []
+        self._offsets: dict[PartitionKey, int] = {}   # next offset to commit, per partition
+        self._batch_started: float | None = None
+        self._dead_letters_unconfirmed = 0
+        self._dead_letter_errors: list[str] = []
+        self._dead_letter_redo: list[tuple[bytes, bytes | None]] = []  # failed deliveries
+        self._stop = threading.Event()
+        self._in_retry = False
+        self._early: list[Message] = []                # polled while paused for a retry
+        self._assigned_at: float | None = None
+        self._last_message_at = time.monotonic()
+
+    # ---- what subclasses provide -------------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def topic_pattern(cls) -> str:
+        """The regex (``^...``) of every line's topic this sink reads."""
+
+    @classmethod
+    @abc.abstractmethod
+    def topic_for_line(cls, line_id: str) -> str: ...
+
+    @abc.abstractmethod
+    def decode(self, data: bytes) -> T:
+        """Bytes to item; raise SchemaError for input that can never be written."""
+
+    @abc.abstractmethod
+    def write(self, batch: list[T]) -> None:
+        """Write the batch; raise on failure (the whole batch is retried). Must be idempotent."""
+
+    def close(self) -> None:
+        """Called by run() on exit. Stores are the caller's and stay open."""
+
+    # ---- the loop ---------------------------------------------------------------
+
+    def run(
+        self,
+        stop_event: threading.Event | None = None,
+        idle_exit_s: float | None = None,
+        max_messages: int | None = None,
+    ) -> SinkMetrics:
+        """Consume until ``stop_event`` is set, ``idle_exit_s`` passed without a message
+        (counted from the later of start and the last partition assignment), or
+        ``max_messages`` were consumed. Flushes and commits before returning."""
+        stop = stop_event or threading.Event()
+        self._stop = stop
+        consumer = self._open_consumer()
+        self._last_message_at = time.monotonic()
+        log.info("sink %s: group %s subscribing to %s", self.kind, self.group_id, self.subscription)
+        try:
+            while not stop.is_set():
+                budget = self.cfg.batch_size - len(self._pending)
+                if max_messages is not None:
+                    budget = min(budget, max_messages - self.metrics.consumed)
+                    if budget <= 0:
+                        break
+                messages = self._take_early(budget) or consumer.consume(
+                    num_messages=max(budget, 1), timeout=self._poll_timeout()
+                )
+                for message in messages:
+                    self._accept(message)
+                if self._batch_due():
+                    self._flush()
+                if idle_exit_s is not None and not messages and self._idle_for() >= idle_exit_s:
+                    break
+            self._flush()
+        except SinkStopped:
+            log.warning("sink %s: stopped while a write was failing; %d messages left uncommitted",
+                        self.kind, len(self._pending))
+            self._forget(set(self._offsets))  # so closing does not try to flush them again
+        finally:
+            self._shutdown()
+        return self.metrics
+
+    def _open_consumer(self) -> Consumer:
+        conf = kafka_admin.consumer_config(
+            self.settings.kafka,
+            self.group_id,
+            **{
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
+                # New line topics matching the regex are picked up within this time.
+                "topic.metadata.refresh.interval.ms": 10_000,
+                **self._consumer_overrides,
+            },
+        )
+        consumer = Consumer(conf)
+        consumer.subscribe(self.subscription, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        self._consumer = consumer
+        return consumer
+
+    def _take_early(self, budget: int) -> list[Message]:
+        taken, self._early = self._early[:budget], self._early[budget:]
+        return taken
+
+    def _poll_timeout(self) -> float:
+        if self._batch_started is None:
+            return _POLL_SLICE_S
+        due_in = self._batch_started + self.cfg.flush_interval_ms / 1000 - time.monotonic()
+        return max(0.0, min(_POLL_SLICE_S, due_in))
+
+    def _idle_for(self) -> float:
+        since = max(self._last_message_at, self._assigned_at or 0.0)
+        return time.monotonic() - since
+
+    def _batch_due(self) -> bool:
+        if self._batch_started is None:
+            return False
+        return (
+            len(self._pending) >= self.cfg.batch_size
+            or time.monotonic() - self._batch_started >= self.cfg.flush_interval_ms / 1000
+        )
+
+    def _accept(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return
+            if error.fatal():
+                raise KafkaException(error)
+            log.warning("sink %s: consumer error: %s", self.kind, error)
+            return
+        self.metrics.consumed += 1
+        self._last_message_at = time.monotonic()
+        if self._batch_started is None:
+            self._batch_started = self._last_message_at
+        key: PartitionKey = (message.topic(), message.partition())
+        try:
+            item = self.decode(message.value())
+        except SchemaError as exc:
+            self._dead_letter(message, exc)
+        else:
+            self._pending.append(_Pending(key, item))
+        self._offsets[key] = message.offset() + 1
+
+    # ---- dead letters -----------------------------------------------------------
+
+    def _dead_letter(self, message: Message, exc: SchemaError) -> None:
+        topic = message.topic()
+        try:
+            line_id: str | None = topics.line_of(topic)
+        except ValueError:
+            line_id = None
+        record = DeadLetter.build(
+            source_topic=topic,
+            partition=message.partition(),
+            offset=message.offset(),
+            reason=exc.reason,
+            error=str(exc),
+            raw=message.value() or b"",
+            max_raw_bytes=self.settings.limits.deadletter_max_raw_bytes,
+            failed_at_ns=time.time_ns(),
+            component=f"sink-{self.kind}",
+            line_id=line_id,
+        )
+        log.warning("sink %s: dead-lettering %s[%d]@%d: %s (%s)", self.kind, topic,
+                    message.partition(), message.offset(), exc.reason, exc)
+        self._produce_dead_letter(record.encode(), message.key())
+
+    def _produce_dead_letter(self, payload: bytes, key: bytes | None) -> None:
+        if self._producer is None:
+            self._producer = Producer(kafka_admin.producer_config(self.settings.kafka))
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            self._dead_letters_unconfirmed -= 1
+            if err is None:
+                self.metrics.dead_lettered += 1
+            else:
+                # Kept to re-send: the source offset must not be committed without it.
+                self._dead_letter_errors.append(str(err))
+                self._dead_letter_redo.append((payload, key))
+
+        self._producer.produce(topics.DEADLETTER, value=payload, key=key, on_delivery=delivered)
+        self._dead_letters_unconfirmed += 1
+        self._producer.poll(0)
+
+    def _confirm_dead_letters(self) -> None:
+        """Wait until every dead letter is on the broker; raise (to retry) if any failed."""
+        if self._producer is None:
+            return
+        self._producer.flush(30)
+        redo, self._dead_letter_redo = self._dead_letter_redo, []
+        if self._dead_letters_unconfirmed > 0 or redo:
+            errors, self._dead_letter_errors = self._dead_letter_errors, []
+            for payload, key in redo:
+                self._produce_dead_letter(payload, key)
+            raise KafkaException(f"dead-letter delivery incomplete: {errors or 'timed out'}")
+
+    # ---- flush: write with retry, then commit ----------------------------------------
+
+    def _flush(self) -> None:
+        if not self._offsets:
+            self._batch_started = None
+            return
+        if self._pending:
+            self._with_retry(self._write_pending, "write")
+        self._with_retry(self._confirm_dead_letters, "dead-letter delivery")
+        self._commit()
+
+    def _write_pending(self) -> None:
+        # Re-read on every attempt: a rebalance during the backoff may have taken
+        # some partitions' messages out of the batch.
+        if not self._pending:
+            return
+        batch = [p.item for p in self._pending]
+        self.write(batch)
+        self.metrics.written += len(batch)
+
+    def _with_retry(self, operation: Callable[[], None], what: str) -> None:
+        attempt = 0
+        while True:
+            try:
+                operation()
+                return
+            except Exception as exc:  # any failure of the store is presumed transient
+                if self._stop.is_set():
+                    raise SinkStopped() from exc
+                delay_ms = min(self.cfg.retry_max_ms, self.cfg.retry_initial_ms * 2 ** min(attempt, 30))
+                delay_s = delay_ms / 1000 * random.uniform(0.5, 1.0)  # jitter: no thundering herd
+                attempt += 1
+                self.metrics.retries += 1
+                log.warning("sink %s: %s failed (attempt %d, retrying in %.2fs): %s: %s",
+                            self.kind, what, attempt, delay_s, type(exc).__name__, exc)
+                self._wait_paused(delay_s)
+
+    def _wait_paused(self, seconds: float) -> None:
+        """Back off without leaving the group: pause, poll in short slices, resume."""
+        consumer = self._consumer
+        if consumer is None:
+            self._stop.wait(seconds)
+            return
+        self._in_retry = True
+        assignment = consumer.assignment()
+        try:
+            if assignment:
+                consumer.pause(assignment)
+            deadline = time.monotonic() + seconds
+            while not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                message = consumer.poll(min(left, _POLL_SLICE_S))
+                if message is not None:
+                    # Paused partitions deliver nothing new; this is an error event or a
+                    # message from a partition assigned meanwhile: keep it for later.
+                    self._early.append(message)
+        finally:
+            self._in_retry = False
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.resume(assignment)
+
+    def _commit(self) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+        self._pending.clear()
+        self._offsets.clear()
+        self._batch_started = None
+        if self._consumer is None or not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self.metrics.commits += 1
+        except KafkaException as exc:
+            # The rows are written; if the group moved on, whoever owns the partitions
+            # now re-reads them, and the replay collapses. Nothing is lost.
+            self.metrics.commit_failures += 1
+            log.warning("sink %s: commit failed (%s); the new owner will replay these messages",
+                        self.kind, exc)
+        self._measure_lag()
+
+    def _measure_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            for tp in consumer.position(consumer.assignment()):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    self.metrics.lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - tp.offset)
+        except KafkaException as exc:
+            log.debug("sink %s: lag unavailable: %s", self.kind, exc)
+
+    # ---- rebalances -------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned_at = time.monotonic()
+        log.info("sink %s: assigned %s", self.kind, [f"{p.topic}[{p.partition}]" for p in partitions])
+        if self._in_retry and partitions:
+            consumer.pause(partitions)  # no new work while the current batch is failing
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(p.topic, p.partition) for p in partitions}
+        if not revoked & set(self._offsets):
+            return
+        if not self._in_retry:
+            # Flush while the partitions are still ours, with one attempt only: a
+            # rebalance must not wait on a failing store.
+            try:
+                self._write_pending()
+                self._confirm_dead_letters()
+                self._commit()
+                return
+            except Exception as exc:  # noqa: BLE001 - logged; the messages go back to the group
+                log.warning("sink %s: flush on revoke failed: %s", self.kind, exc)
+        self._forget(revoked)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (not revoked): committing is no longer possible; just let go.
+        self._forget({(p.topic, p.partition) for p in partitions})
+
+    def _forget(self, partitions: set[PartitionKey]) -> None:
+        before = len(self._pending)
+        self._pending = [p for p in self._pending if p.partition not in partitions]
+        for key in partitions:
+            self._offsets.pop(key, None)
+        self._early = [m for m in self._early if (m.topic(), m.partition()) not in partitions]
+        if before != len(self._pending):
+            log.info("sink %s: handed %d unwritten messages back to the group", self.kind,
+                     before - len(self._pending))
+        if not self._offsets:
+            self._batch_started = None
+
+    def _shutdown(self) -> None:
+        try:
+            if self._producer is not None:
+                self._producer.flush(10)
+            if self._consumer is not None:
+                self._consumer.close()  # leaves the group; commits nothing (auto commit is off)
+        finally:
+            self._consumer = None
+            self.close()
+        log.info("sink %s: stopped: written=%d deadletter=%d retries=%d", self.kind,
+                 self.metrics.written, self.metrics.dead_lettered, self.metrics.retries)

@@ -1,0 +1,70 @@
+"""``lineguard sink clickhouse|heatmaps [--lines L1,L2 | all] [--until-idle SECONDS]``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from typing import Any
+
+from lineguard.config import ConfigError, Settings
+from lineguard.schemas import topics
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sink",
+        help="write verdicts to ClickHouse or heatmaps to object storage",
+        description="Consume verdict or heatmap topics and write them out; offsets are committed "
+        "only after a successful write. Prints 'sink: kind=... written=N deadletter=N retries=N' on exit.",
+    )
+    parser.add_argument("kind", choices=["clickhouse", "heatmaps"])
+    parser.add_argument(
+        "--lines", default="all",
+        help="comma-separated line ids, or 'all' (default: every line, new ones included)",
+    )
+    parser.add_argument(
+        "--until-idle", type=float, metavar="SECONDS", default=None,
+        help="exit once no message arrived for this long (default: run until SIGINT/SIGTERM)",
+    )
+    parser.set_defaults(handler=run_sink)
+
+
+def _parse_lines(value: str) -> list[str] | None:
+    if value.strip() == "all":
+        return None
+    lines = [part.strip() for part in value.split(",") if part.strip()]
+    if not lines:
+        raise ConfigError("--lines needs line ids or 'all'")
+    for line in lines:
+        try:
+            topics.check_line_id(line)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return lines
+
+
+def run_sink(args: argparse.Namespace, settings: Settings) -> int:
+    lines = _parse_lines(args.lines)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())  # finish the batch, commit, leave the group
+
+    store: Any
+    if args.kind == "clickhouse":
+        from .clickhouse import ClickHouseSink, open_store
+
+        store = open_store(settings)
+        sink: Any = ClickHouseSink(settings, store, lines=lines)
+    else:
+        from .heatmaps import HeatmapSink, open_object_store
+
+        store = open_object_store(settings)
+        sink = HeatmapSink(settings, store, lines=lines)
+    try:
+        metrics = sink.run(stop_event=stop, idle_exit_s=args.until_idle)
+    finally:
+        store.close()
+    print(f"sink: kind={args.kind} written={metrics.written} deadletter={metrics.dead_lettered} "
+          f"retries={metrics.retries}", flush=True)
+    return 0
