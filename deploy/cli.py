@@ -1,0 +1,110 @@
+"""``lineguard stack fetch|up|down|status|restart-kafka``: the local Kafka + S3 stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from lineguard.config import Settings
+
+
+def _stack(settings: Settings) -> Any:
+    from lineguard.deploy.stack import LocalStack  # heavy-ish imports only when a stack command runs
+
+    return LocalStack.from_settings(settings)
+
+
+def _report_errors(fn: Any) -> Any:
+    """Turn a StackError into a one-paragraph message and exit code 1 instead of a traceback."""
+
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        from lineguard.deploy.stack import StackError
+
+        try:
+            return int(fn(args, settings))
+        except StackError as exc:
+            print(f"lineguard stack: {exc}")
+            return 1
+
+    return handler
+
+
+@_report_errors
+def _fetch(args: argparse.Namespace, settings: Settings) -> int:
+    times = _stack(settings).fetch(with_s3=not args.no_s3)
+    vgw = "skipped" if times.versitygw_s is None else f"{times.versitygw_s:.1f}s"
+    print(f"fetched: kafka {times.kafka_s:.1f}s, versitygw {vgw}")
+    return 0
+
+
+@_report_errors
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    info = _stack(settings).up(with_s3=not args.no_s3)
+    print(f"kafka: {info['kafka_bootstrap']}")
+    if info.get("s3_endpoint"):
+        print(f"s3:    http://{info['s3_endpoint']} (keys in {settings.state_dir / 'stack.json'})")
+    return 0
+
+
+@_report_errors
+def _down(args: argparse.Namespace, settings: Settings) -> int:
+    _stack(settings).down(purge=args.purge)
+    print("stack stopped" + (" and its data removed" if args.purge else ""))
+    return 0
+
+
+@_report_errors
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    status = _stack(settings).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"state dir: {status['state_dir']}")
+        for service in ("kafka", "s3"):
+            s = status[service]
+            state = f"running  pid {s['pid']:<7} {s['address']}" if s["running"] else "stopped"
+            print(f"{service:<6} {state}  log: {s['log']}")
+    # Non-zero when Kafka is down, so scripts can `lineguard stack status || lineguard stack up`.
+    return 0 if status["kafka"]["running"] else 3
+
+
+@_report_errors
+def _restart_kafka(args: argparse.Namespace, settings: Settings) -> int:
+    pid = _stack(settings).restart_kafka()
+    print(f"kafka restarted (pid {pid})")
+    return 0
+
+
+def _add_stack_commands(sub: Any) -> None:
+    fetch = sub.add_parser("fetch", help="download Kafka (Maven) and build versitygw (Go) into the cache")
+    fetch.add_argument("--no-s3", action="store_true", help="skip versitygw")
+    fetch.set_defaults(handler=_fetch)
+
+    up = sub.add_parser("up", help="start Kafka and the S3 server (fetching what's missing)")
+    up.add_argument("--no-s3", action="store_true", help="start only Kafka")
+    up.set_defaults(handler=_up)
+
+    down = sub.add_parser("down", help="stop the stack")
+    down.add_argument("--purge", action="store_true", help="also delete topics, buckets and logs")
+    down.set_defaults(handler=_down)
+
+    status = sub.add_parser("status", help="what runs where (exit 3 if Kafka is not running)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+
+    restart = sub.add_parser("restart-kafka", help="stop and start only the broker, same port and data")
+    restart.set_defaults(handler=_restart_kafka)
+
+
+def register(subparsers: Any) -> None:
+    stack = subparsers.add_parser("stack", help="run the local Kafka + S3 stack (no Docker)")
+    _add_stack_commands(stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION"))
+
+
+def build_standalone_parser() -> argparse.ArgumentParser:
+    """The same actions for ``python -m lineguard.deploy.stack ACTION`` (used by make/fetch.sh)."""
+    parser = argparse.ArgumentParser(prog="python -m lineguard.deploy.stack")
+    parser.add_argument("--config", help="YAML configuration file (or LINEGUARD_CONFIG)")
+    _add_stack_commands(parser.add_subparsers(dest="stack_command", required=True, metavar="ACTION"))
+    return parser

@@ -1,0 +1,228 @@
+"""``lineguard demo``: the whole platform on one machine, on the embedded defaults.
+
+Steps: start the local Kafka broker, write a synthetic camera dataset, fit
+the baseline engine on its normal images, start a processor worker and the
+two sinks (ClickHouse on chdb, heatmaps to a local folder), stream frames
+from two lines (plus a few deliberately broken frames, to show the
+dead-letter path), wait until every frame has a verdict or a dead letter,
+drain the sinks, and print per-line figures from a ClickHouse SQL query.
+
+Every component runs as its own ``lineguard`` subprocess, as it would in a
+plant; they meet only through Kafka topics. The last line printed is
+machine-readable: ``demo: frames=<n> verdicts=<n> deadletter=<n> heatmaps=<n>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import Settings
+from .logs import get_logger
+
+log = get_logger("lineguard.demo")
+PRODUCT = "washer"
+
+
+class _Procs:
+    """Child processes with their logs in the state folder; all stopped on exit."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.env = {**os.environ, "LINEGUARD_STATE_DIR": str(state_dir)}
+        self.log_dir = state_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def _cmd(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "lineguard.cli", *args]
+
+    def run(self, name: str, args: list[str], timeout: float = 600) -> str:
+        """Run to completion; return stdout; raise with the log tail on failure."""
+        out = subprocess.run(self._cmd(args), env=self.env, capture_output=True, text=True, timeout=timeout)
+        (self.log_dir / f"demo-{name}.log").write_text(out.stdout + out.stderr)
+        if out.returncode != 0:
+            raise RuntimeError(f"{name} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+        return out.stdout
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        logfile = open(self.log_dir / f"demo-{name}.log", "w")
+        proc = subprocess.Popen(self._cmd(args), env=self.env, stdout=logfile, stderr=subprocess.STDOUT)
+        self.running[name] = proc
+        return proc
+
+    def stop(self, name: str, timeout: float = 30) -> int | None:
+        proc = self.running.pop(name, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def wait(self, name: str, timeout: float) -> int:
+        proc = self.running.pop(name)
+        return proc.wait(timeout)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_dir / f"demo-{name}.log"
+        return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+def _produce_bad_frames(settings: Settings, line: str) -> int:
+    """Two frames that must end as dead letters: a corrupt JPEG and a product with no model."""
+    from confluent_kafka import Producer
+
+    from .kafka_admin import producer_config
+    from .schemas import Frame, new_frame_id, topics
+
+    producer = Producer(producer_config(settings.kafka))
+    bad = [
+        Frame(frame_id=new_frame_id(), line_id=line, camera_id="cam-bad", product=PRODUCT,
+              captured_at_ns=time.time_ns(), seq=0, encoding="jpeg", image=b"\xff\xd8\xff\xe0 not a jpeg"),
+        Frame(frame_id=new_frame_id(), line_id=line, camera_id="cam-bad", product="unknown-part",
+              captured_at_ns=time.time_ns(), seq=1, encoding="raw", image=bytes(64 * 64 * 3),
+              dtype="uint8", shape=[64, 64, 3]),
+    ]
+    for frame in bad:
+        producer.produce(topics.frames(line), key=frame.camera_id.encode(), value=frame.encode())
+    if producer.flush(30) != 0:
+        raise RuntimeError("could not deliver the demo's bad frames")
+    return len(bad)
+
+
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .deploy.stack import LocalStack
+    from .kafka_admin import count_messages, ensure_topics
+    from .schemas import topics
+
+    started = time.time()
+    state = settings.state_dir
+    lines = [f"line{i + 1}" for i in range(args.lines)]
+    demo_dir = state / "demo"
+    models = demo_dir / "models"
+    procs = _Procs(state)
+
+    print(f"[1/7] starting the local Kafka broker (state in {state})", flush=True)
+    stack = LocalStack.from_settings(settings)
+    we_started_kafka = stack.running("kafka") is None
+    info = stack.up(with_s3=False)
+    settings.kafka.bootstrap_servers = info["kafka_bootstrap"]
+    ensure_topics(settings.kafka, lines)
+    watched = [topics.frames(l) for l in lines] + [topics.verdicts(l) for l in lines] + [topics.DEADLETTER]
+    before = {t: count_messages(settings.kafka, t) for t in watched}
+
+    def delta(topic: str) -> int:
+        return count_messages(settings.kafka, topic) - before[topic]
+
+    try:
+        print("[2/7] writing a synthetic camera dataset and fitting the baseline engine", flush=True)
+        data = demo_dir / "data" / PRODUCT
+        if not (data / "train" / "good").is_dir():
+            procs.run("dataset", ["produce", "--write-dataset", str(data), "--product", PRODUCT,
+                                  "--size", str(args.size), "--n-train", "60", "--n-test-good", "10",
+                                  "--n-test-defect", "10"])
+        procs.run("train", ["train", "--model", "baseline", "--data", str(data), "--out", str(models / PRODUCT),
+                            "--name", PRODUCT])
+
+        print("[3/7] starting a processor worker and the ClickHouse and heatmap sinks", flush=True)
+        procs.start("processor", ["process", "--lines", ",".join(lines), "--model-dir", str(models)])
+        procs.start("sink-clickhouse", ["sink", "clickhouse", "--lines", ",".join(lines)])
+        procs.start("sink-heatmaps", ["sink", "heatmaps", "--lines", ",".join(lines)])
+
+        print(f"[4/7] streaming {args.frames} frames on each of {len(lines)} lines", flush=True)
+        producers = {
+            line: procs.start(f"produce-{line}", [
+                "produce", "--line", line, "--camera", f"{line}-cam1", "--product", PRODUCT,
+                "--source", "synthetic", "--count", str(args.frames), "--fps", str(args.fps),
+                "--size", str(args.size), "--defect-rate", "0.15", "--seed", str(i + int(started)),
+            ])
+            for i, line in enumerate(lines)
+        }
+        bad = _produce_bad_frames(settings, lines[0])
+        sent = bad
+        for line in producers:
+            code = procs.wait(f"produce-{line}", timeout=600)
+            match = re.search(r"delivered=(\d+)", procs.log_tail(f"produce-{line}", 5))
+            if code != 0 or not match:
+                raise RuntimeError(f"producer for {line} failed:\n{procs.log_tail(f'produce-{line}')}")
+            sent += int(match.group(1))
+
+        print("[5/7] waiting for every frame to get a verdict or a dead letter", flush=True)
+        deadline = time.monotonic() + args.timeout
+        while True:
+            verdicts = sum(delta(topics.verdicts(l)) for l in lines)
+            dead = delta(topics.DEADLETTER)
+            if verdicts + dead >= sent:
+                break
+            if procs.running["processor"].poll() is not None:
+                raise RuntimeError(f"the processor exited:\n{procs.log_tail('processor')}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out: {verdicts} verdicts + {dead} dead letters of {sent} frames")
+            time.sleep(0.5)
+
+        print("[6/7] draining the sinks", flush=True)
+        time.sleep(max(2.0, settings.sinks.flush_interval_ms / 1000 * 2))
+        procs.stop("processor")
+        for name in ("sink-clickhouse", "sink-heatmaps"):
+            procs.stop(name)
+            log.debug("%s: %s", name, procs.log_tail(name, 2))
+    finally:
+        procs.stop_all()
+
+    print("[7/7] per-line figures from ClickHouse", flush=True)
+    from .sinks.clickhouse import open_store
+
+    since = f"toDateTime64({started:.3f}, 3, 'UTC')"
+    with open_store(settings) as store:
+        rows = store.query(
+            f"""
+            SELECT line_id, count() AS frames, countIf(is_defective) AS defective,
+                   round(100 * avg(is_defective), 1) AS defect_pct,
+                   round(quantile(0.5)(score), 3) AS p50_score, round(max(score), 3) AS max_score,
+                   round(quantile(0.99)(inference_ms), 1) AS p99_inference_ms
+            FROM verdicts FINAL
+            WHERE captured_at >= {since}
+            GROUP BY line_id ORDER BY line_id
+            """
+        )
+        stored = store.query(f"SELECT count() AS n FROM verdicts FINAL WHERE captured_at >= {since}")[0]["n"]
+    header = f"{'line':<8}{'frames':>8}{'defective':>11}{'defect %':>10}{'p50 score':>11}{'max score':>11}{'p99 infer ms':>14}"
+    print(header)
+    for r in rows:
+        print(f"{r['line_id']:<8}{r['frames']:>8}{r['defective']:>11}{r['defect_pct']:>10}"
+              f"{r['p50_score']:>11}{r['max_score']:>11}{r['p99_inference_ms']:>14}")
+    heatmap_dir = settings.heatmap_dir
+    heatmaps = sum(1 for p in heatmap_dir.rglob("*.png") if p.stat().st_mtime >= started) if heatmap_dir.exists() else 0
+    print(f"rows in ClickHouse (deduplicated): {stored}; ClickHouse data: {settings.chdb_path}")
+    print(f"heatmaps: {heatmaps} overlays under {heatmap_dir}; logs: {state / 'logs'}")
+    verdicts = sum(delta(topics.verdicts(l)) for l in lines)
+    dead = delta(topics.DEADLETTER)
+    if we_started_kafka and not args.keep_stack:
+        stack.down()
+    print(f"demo: frames={sent} verdicts={verdicts} deadletter={dead} heatmaps={heatmaps}", flush=True)
+    return 0 if verdicts + dead == sent and stored == verdicts else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole platform locally on the embedded defaults")
+    p.add_argument("--lines", type=int, default=2, help="number of production lines (default 2)")
+    p.add_argument("--frames", type=int, default=150, help="frames per line (default 150)")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate per camera (default 25)")
+    p.add_argument("--size", type=int, default=256, help="synthetic image size in pixels")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all verdicts")
+    p.add_argument("--keep-stack", action="store_true", help="leave Kafka running afterwards")
+    p.set_defaults(handler=run_demo)

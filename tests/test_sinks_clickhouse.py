@@ -1,0 +1,156 @@
+"""VerdictStore tests, run against both backends: embedded chdb, and clickhouse-connect
+talking HTTP to the chdb-backed fixture (see tests/sink_fixtures.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import subprocess
+import sys
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lineguard.sinks.clickhouse import ChdbPathInUseError, ChdbStore, VerdictStore
+
+sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file
+from sink_fixtures import HOUR_NS, chdb_http_url, make_verdicts, verdict_store  # noqa: E402,F401
+
+
+def _utc_from_ns(ns: int) -> dt.datetime:
+    micros = ns // 1000  # DateTime64(6): truncated to the microsecond
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)
+
+
+def test_create_schema_is_idempotent_and_has_the_replacing_layout(verdict_store: VerdictStore) -> None:
+    verdict_store.create_schema()  # the fixture ran it once already
+    db = verdict_store.database
+    tables = {
+        row["name"]: row
+        for row in verdict_store.query(
+            "SELECT name, engine, sorting_key, partition_key, engine_full FROM system.tables "
+            "WHERE database = {db:String}",
+            {"db": db},
+        )
+    }
+    assert set(tables) == {"verdicts", "verdicts_hourly"}
+    verdicts = tables["verdicts"]
+    assert verdicts["engine"] == "ReplacingMergeTree"
+    assert "ReplacingMergeTree(scored_at)" in verdicts["engine_full"]
+    assert verdicts["sorting_key"] == "line_id, captured_at, frame_id"
+    assert verdicts["partition_key"] == "toYYYYMMDD(captured_at)"
+    assert tables["verdicts_hourly"]["engine"] == "View"
+    columns = {
+        row["name"]: row["type"]
+        for row in verdict_store.query(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = 'verdicts'",
+            {"db": db},
+        )
+    }
+    for field in dataclasses.fields(make_verdicts(1)[0]):
+        assert field.name in columns, f"Verdict field {field.name} has no column"
+    assert columns["captured_at"] == columns["scored_at"] == "DateTime64(6, 'UTC')"
+
+
+def test_inserted_verdicts_read_back_field_for_field(verdict_store: VerdictStore) -> None:
+    verdicts = make_verdicts(100)
+    assert verdict_store.insert_verdicts(verdicts) == 100
+    rows = verdict_store.query(
+        f"SELECT *, captured_at, scored_at FROM {verdict_store.database}.verdicts FINAL ORDER BY seq"
+    )
+    assert len(rows) == 100
+    for verdict, row in zip(verdicts, rows):
+        for name, value in dataclasses.asdict(verdict).items():
+            assert row[name] == value, name
+        assert row["captured_at"] == _utc_from_ns(verdict.captured_at_ns)
+        assert row["scored_at"] == _utc_from_ns(verdict.scored_at_ns)
+
+
+def test_replayed_batch_collapses_to_one_row_per_frame(verdict_store: VerdictStore) -> None:
+    verdicts = make_verdicts(100)
+    verdict_store.insert_verdicts(verdicts)
+    verdict_store.insert_verdicts(verdicts)  # the sink replays after a crash before commit
+    assert verdict_store.count_frames() == 100
+    raw = verdict_store.query(f"SELECT count() AS n FROM {verdict_store.database}.verdicts")[0]["n"]
+    assert raw in (100, 200)  # 100 only if a background merge already ran
+
+
+def test_rescored_frame_keeps_the_latest_verdict(verdict_store: VerdictStore) -> None:
+    original = make_verdicts(10)
+    verdict_store.insert_verdicts(original)
+    rescored = dataclasses.replace(
+        original[3], score=0.99, is_defective=True, scored_at_ns=original[3].scored_at_ns + 10_000_000
+    )
+    verdict_store.insert_verdicts([rescored])
+    rows = verdict_store.query(
+        f"SELECT score, is_defective FROM {verdict_store.database}.verdicts FINAL "
+        "WHERE frame_id = {frame:String}",
+        {"frame": rescored.frame_id},
+    )
+    assert rows == [{"score": 0.99, "is_defective": True}]
+    assert verdict_store.count_frames() == 10
+
+
+def test_hourly_view_matches_figures_computed_in_python(verdict_store: VerdictStore) -> None:
+    verdicts = make_verdicts(300, hours=3)
+    verdict_store.insert_verdicts(verdicts)
+    verdict_store.insert_verdicts(verdicts[:120])  # partial replay must not skew anything
+    # Python's side of the truth, one entry per frame.
+    groups: dict[tuple[str, str, dt.datetime], list] = defaultdict(list)
+    for v in verdicts:
+        hour = _utc_from_ns(v.captured_at_ns // HOUR_NS * HOUR_NS)
+        groups[(v.line_id, v.product, hour)].append(v)
+
+    rows = verdict_store.query(
+        f"SELECT * FROM {verdict_store.database}.verdicts_hourly ORDER BY line_id, product, hour"
+    )
+    assert len(rows) == len(groups) == 2 * 2 * 3
+    for row in rows:
+        members = groups[(row["line_id"], row["product"], row["hour"])]
+        scores = np.array([v.score for v in members])
+        defective = sum(v.is_defective for v in members)
+        assert row["frames"] == len(members)
+        assert row["defective"] == defective
+        assert row["defect_rate"] == pytest.approx(defective / len(members), rel=1e-12)
+        assert row["avg_score"] == pytest.approx(scores.mean(), rel=1e-12)
+        assert row["p50_score"] == pytest.approx(np.percentile(scores, 50), rel=1e-12)
+        assert row["p95_score"] == pytest.approx(np.percentile(scores, 95), rel=1e-12)
+
+
+def test_empty_insert_is_a_no_op(verdict_store: VerdictStore) -> None:
+    assert verdict_store.insert_verdicts([]) == 0
+    assert verdict_store.count_frames() == 0
+
+
+def test_chdb_path_held_by_another_process_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "chdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from chdb import session
+            s = session.Session({str(path)!r})
+            print("open", flush=True)
+            sys.stdin.readline()   # hold the path until the test is done
+            s.close()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(ChdbPathInUseError, match="only one process may open a chdb path") as info:
+            ChdbStore(path)
+        assert f"process {holder.pid}" in str(info.value)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # Once the other process is gone the path opens normally.
+    store = ChdbStore(path)
+    try:
+        store.create_schema()
+        assert store.count_frames() == 0
+    finally:
+        store.close()

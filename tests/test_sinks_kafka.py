@@ -1,0 +1,326 @@
+"""The sinks against the real local stack: Kafka broker (+ versitygw S3 for heatmaps).
+
+Each test uses its own line ids (so its own topics) and its own consumer group,
+so tests neither see each other's messages nor each other's committed offsets.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from lineguard import kafka_admin
+from lineguard.config import Settings
+from lineguard.schemas import DeadLetter, Heatmap, Verdict, topics
+from lineguard.sinks.clickhouse import ChdbStore, ClickHouseSink, VerdictStore
+from lineguard.sinks.heatmaps import HeatmapSink, S3Store
+
+sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file
+from sink_fixtures import chdb_http_url, make_verdicts, verdict_store  # noqa: E402,F401
+
+pytestmark = pytest.mark.kafka
+
+IDLE_S = 3.0
+
+
+def _lines(n: int = 2) -> list[str]:
+    tag = uuid.uuid4().hex[:8]
+    return [f"sinkt{tag}{chr(ord('a') + i)}" for i in range(n)]
+
+
+def _group(kind: str) -> str:
+    return f"lineguard-sink-{kind}-test-{uuid.uuid4().hex[:8]}"
+
+
+def _produce(settings: Settings, messages: list[tuple[str, bytes | None, bytes]]) -> None:
+    """(topic, key, value) triples, flushed before returning."""
+    producer = Producer(kafka_admin.producer_config(settings.kafka))
+    failures: list[str] = []
+    for topic, key, value in messages:
+        producer.produce(topic, value=value, key=key,
+                         on_delivery=lambda err, _msg: failures.append(str(err)) if err else None)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    assert not failures, failures
+
+
+def _produce_verdicts(settings: Settings, verdicts: list[Verdict]) -> None:
+    # Keyed by frame so both partitions of each topic get messages.
+    _produce(settings, [(topics.verdicts(v.line_id), v.frame_id.encode(), v.encode()) for v in verdicts])
+
+
+def _committed(settings: Settings, group: str, topic_names: list[str]) -> dict[tuple[str, int], int]:
+    """The group's committed offsets (negative: nothing committed), read without joining it.
+
+    An empty partition never gets a commit; the comparisons below use :func:`_fully_committed`."""
+    consumer = Consumer(kafka_admin.consumer_config(settings.kafka, group))
+    try:
+        wanted = [
+            TopicPartition(name, p)
+            for name in topic_names
+            for p in consumer.list_topics(name, timeout=10).topics[name].partitions
+        ]
+        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(wanted, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def _fully_committed(settings: Settings, group: str, topic_names: list[str]) -> bool:
+    ends = _end_offsets(settings, topic_names)
+    committed = _committed(settings, group, topic_names)
+    assert set(committed) == set(ends)
+    return all(committed[k] == end or (end == 0 and committed[k] < 0) for k, end in ends.items())
+
+
+def _end_offsets(settings: Settings, topic_names: list[str]) -> dict[tuple[str, int], int]:
+    return {
+        (name, p): high
+        for name in topic_names
+        for p, high in kafka_admin.topic_end_offsets(settings.kafka, name).items()
+    }
+
+
+def _dead_letters_from(settings: Settings, source_topics: set[str]) -> list[DeadLetter]:
+    """Every dead letter whose source is one of ``source_topics`` (the topic is shared)."""
+    consumer = Consumer(kafka_admin.consumer_config(settings.kafka, f"dlq-reader-{uuid.uuid4().hex}"))
+    end = sum(kafka_admin.topic_end_offsets(settings.kafka, topics.DEADLETTER).values())
+    consumer.subscribe([topics.DEADLETTER])
+    found: list[DeadLetter] = []
+    seen = 0
+    deadline = time.monotonic() + 30
+    try:
+        while seen < end and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            seen += 1
+            record = DeadLetter.decode(msg.value())
+            if record.source_topic in source_topics:
+                found.append(record)
+    finally:
+        consumer.close()
+    assert seen >= end, "could not read the whole dead-letter topic"
+    return found
+
+
+@pytest.fixture
+def sink_settings(settings: Settings) -> Settings:
+    """The stack's settings with batching small enough to exercise several batches."""
+    settings.sinks.batch_size = 64
+    settings.sinks.flush_interval_ms = 200
+    settings.sinks.retry_initial_ms = 50
+    settings.sinks.retry_max_ms = 400
+    return settings
+
+
+def test_clickhouse_sink_writes_collapses_replays_and_dead_letters_garbage(
+    sink_settings: Settings, verdict_store: VerdictStore
+) -> None:
+    settings = sink_settings
+    lines = _lines()
+    kafka_admin.ensure_topics(settings.kafka, lines)
+    verdicts = make_verdicts(200, lines=tuple(lines))
+    verdict_topics = [topics.verdicts(line) for line in lines]
+    group = _group("clickhouse")
+    _produce_verdicts(settings, verdicts)
+
+    metrics = ClickHouseSink(settings, verdict_store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+    assert (metrics.written, metrics.dead_lettered, metrics.retries) == (200, 0, 0)
+    assert verdict_store.count_frames() == 200
+    assert _fully_committed(settings, group, verdict_topics)
+    assert metrics.total_lag == 0
+
+    # Replay every verdict, plus one message that is not msgpack at all.
+    garbage = b"\xc1 this is not msgpack"
+    _produce_verdicts(settings, verdicts)
+    _produce(settings, [(verdict_topics[0], b"cam-x", garbage)])
+    metrics = ClickHouseSink(settings, verdict_store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+    assert (metrics.written, metrics.dead_lettered) == (200, 1)
+    assert verdict_store.count_frames() == 200  # replays collapsed
+    assert _fully_committed(settings, group, verdict_topics)
+
+    dead = _dead_letters_from(settings, set(verdict_topics))
+    assert len(dead) == 1
+    assert dead[0].reason == "malformed"
+    assert dead[0].raw == garbage
+    assert dead[0].line_id == lines[0]
+    assert dead[0].component == "sink-clickhouse"
+
+
+class FlakyChdbStore(ChdbStore):
+    """Failure injection: the real chdb store, except that chosen insert calls raise first."""
+
+    def __init__(self, path: Path, fail_calls: set[int], on_failure=None) -> None:  # noqa: ANN001
+        super().__init__(path)
+        self.fail_calls = fail_calls
+        self.calls = 0
+        self.on_failure = on_failure
+
+    def insert_verdicts(self, verdicts):  # noqa: ANN001, ANN201
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            if self.on_failure is not None:
+                self.on_failure()
+            raise ConnectionError(f"injected failure on insert call {self.calls}")
+        return super().insert_verdicts(verdicts)
+
+
+def test_failed_writes_are_retried_and_nothing_is_committed_until_they_succeed(
+    sink_settings: Settings, tmp_path: Path
+) -> None:
+    settings = sink_settings
+    settings.sinks.batch_size = 1000  # one batch: the first K writes are all of it
+    lines = _lines(1)
+    kafka_admin.ensure_topics(settings.kafka, lines)
+    verdict_topics = [topics.verdicts(lines[0])]
+    group = _group("clickhouse")
+    _produce_verdicts(settings, make_verdicts(50, lines=tuple(lines)))
+
+    committed_during_failures: list[dict] = []
+    store = FlakyChdbStore(
+        tmp_path / "chdb", fail_calls={1, 2, 3},
+        on_failure=lambda: committed_during_failures.append(_committed(settings, group, verdict_topics)),
+    )
+    try:
+        metrics = ClickHouseSink(settings, store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+        assert metrics.retries == 3
+        assert metrics.written == 50
+        assert store.count_frames() == 50
+        assert len(committed_during_failures) == 3
+        for committed in committed_during_failures:
+            assert all(offset < 0 for offset in committed.values()), committed  # nothing yet
+        assert _fully_committed(settings, group, verdict_topics)
+    finally:
+        store.close()
+
+
+def test_commits_cover_exactly_the_batches_written(sink_settings: Settings, tmp_path: Path) -> None:
+    settings = sink_settings
+    settings.sinks.batch_size = 20
+    settings.sinks.flush_interval_ms = 60_000  # batches close on size only (and at exit)
+    lines = _lines(1)
+    kafka_admin.ensure_topics(settings.kafka, lines)
+    verdict_topics = [topics.verdicts(lines[0])]
+    group = _group("clickhouse")
+    _produce_verdicts(settings, make_verdicts(50, lines=tuple(lines)))
+
+    committed_during_failures: list[dict] = []
+    store = FlakyChdbStore(  # the second batch fails twice
+        tmp_path / "chdb", fail_calls={2, 3},
+        on_failure=lambda: committed_during_failures.append(_committed(settings, group, verdict_topics)),
+    )
+    try:
+        metrics = ClickHouseSink(settings, store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+        assert (metrics.retries, metrics.written) == (2, 50)
+        assert store.count_frames() == 50
+        # While batch 2 was failing, exactly batch 1's 20 messages were committed.
+        assert [sum(max(o, 0) for o in c.values()) for c in committed_during_failures] == [20, 20]
+        assert _fully_committed(settings, group, verdict_topics)
+    finally:
+        store.close()
+
+
+def test_stop_while_the_store_is_down_commits_nothing(sink_settings: Settings, tmp_path: Path) -> None:
+    settings = sink_settings
+    lines = _lines(1)
+    kafka_admin.ensure_topics(settings.kafka, lines)
+    verdict_topics = [topics.verdicts(lines[0])]
+    group = _group("clickhouse")
+    _produce_verdicts(settings, make_verdicts(30, lines=tuple(lines)))
+
+    store = FlakyChdbStore(tmp_path / "chdb", fail_calls=set(range(1, 10_000)))
+    stop = threading.Event()
+    sink = ClickHouseSink(settings, store, lines=lines, group_id=group)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(m=sink.run(stop_event=stop)))
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while sink.metrics.retries < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.metrics.retries >= 3, "the sink never retried"
+        stop.set()
+        runner.join(timeout=30)
+        assert not runner.is_alive(), "stop did not end the retry loop"
+        assert result["m"].written == 0
+        assert all(o < 0 for o in _committed(settings, group, verdict_topics).values())
+        assert store.count_frames() == 0
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+        store.close()
+
+
+@pytest.mark.s3
+def test_heatmap_sink_stores_pngs_in_s3_under_their_keys(sink_settings: Settings, stack) -> None:  # noqa: ANN001
+    from minio import Minio
+
+    settings = sink_settings
+    lines = _lines()
+    kafka_admin.ensure_topics(settings.kafka, lines)
+    heatmaps = []
+    for i in range(30):
+        line = lines[i % 2]
+        frame_id = uuid.uuid4().hex
+        captured = 1_714_978_800 * 10**9 + i * 3600 * 10**9  # spans two days
+        png = b"\x89PNG\r\n\x1a\n" + frame_id.encode() * 8
+        heatmaps.append(Heatmap(frame_id=frame_id, line_id=line, key=topics.heatmap_key(line, frame_id, captured),
+                                content_type="image/png", data=png, captured_at_ns=captured))
+    hostile = Heatmap(frame_id="evil", line_id=lines[0], key=f"{lines[0]}/../../escape.png",
+                      content_type="image/png", data=b"x", captured_at_ns=1)
+    _produce(settings, [(topics.heatmaps(h.line_id), h.frame_id.encode(), h.encode()) for h in heatmaps + [hostile]])
+
+    bucket = f"lg-heatmaps-{uuid.uuid4().hex[:10]}"
+    store = S3Store(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, bucket)
+    group = _group("heatmaps")
+    metrics = HeatmapSink(settings, store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+    assert (metrics.written, metrics.dead_lettered) == (30, 1)
+
+    client = Minio(stack.s3_endpoint.split("://")[-1], access_key=stack.s3_access_key,
+                   secret_key=stack.s3_secret_key, secure=False)
+    stored = {o.object_name for o in client.list_objects(bucket, recursive=True)}
+    assert stored == {h.key for h in heatmaps}
+    for heatmap in heatmaps[:5]:
+        assert client.stat_object(bucket, heatmap.key).content_type == "image/png"
+        assert client.get_object(bucket, heatmap.key).read() == heatmap.data
+
+    dead = _dead_letters_from(settings, {topics.heatmaps(line) for line in lines})
+    assert [(d.reason, d.component) for d in dead] == [("invalid_field", "sink-heatmaps")]
+
+    # Replay: the same messages again overwrite the same keys, nothing new appears.
+    metrics = HeatmapSink(settings, store, lines=lines, group_id=_group("heatmaps")).run(idle_exit_s=IDLE_S)
+    assert metrics.written == 30
+    assert {o.object_name for o in client.list_objects(bucket, recursive=True)} == stored
+
+
+def test_cli_heatmap_sink_to_local_folder_prints_the_summary(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from lineguard.cli import main
+
+    lines = _lines(1)
+    kafka_admin.ensure_topics(settings.kafka, lines)
+    captured = 1_714_978_800 * 10**9
+    heatmaps = [
+        Heatmap(frame_id=f"f{i}", line_id=lines[0], key=topics.heatmap_key(lines[0], f"f{i}", captured),
+                content_type="image/png", data=b"png%d" % i, captured_at_ns=captured)
+        for i in range(12)
+    ]
+    _produce(settings, [(topics.heatmaps(h.line_id), None, h.encode()) for h in heatmaps] +
+             [(topics.heatmaps(lines[0]), None, b"")])  # empty value: malformed
+    state = tmp_path / "state"
+    monkeypatch.setenv("LINEGUARD_STATE_DIR", str(state))
+    monkeypatch.setenv("LINEGUARD_KAFKA__BOOTSTRAP_SERVERS", settings.kafka.bootstrap_servers)
+    monkeypatch.setenv("LINEGUARD_SINKS__OBJECT_STORE__BACKEND", "local")
+
+    assert main(["sink", "heatmaps", "--lines", lines[0], "--until-idle", str(IDLE_S)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == "sink: kind=heatmaps written=12 deadletter=1 retries=0"
+    for h in heatmaps:
+        assert (state / "heatmaps" / h.key).read_bytes() == h.data
