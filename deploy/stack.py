@@ -458,6 +458,9 @@ class LocalStack:
         return [
             _require_tool("java", "install a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)"),
             f"-Xmx{self.kafka_heap}", "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            # C1 only: the broker starts in about half the time on 2 cores (JIT work is most
+            # of startup); a test/dev broker never runs long enough to repay C2.
+            "-XX:TieredStopAtLevel=1",
             "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.kafka_dir / 'log4j2.xml'}",
             "-cp", f"{self.kafka_libs}/*", main_class, *args,

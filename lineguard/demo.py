@@ -194,12 +194,12 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
                    round(100 * avg(is_defective), 1) AS defect_pct,
                    round(quantile(0.5)(score), 3) AS p50_score, round(max(score), 3) AS max_score,
                    round(quantile(0.99)(inference_ms), 1) AS p99_inference_ms
-            FROM verdicts FINAL
+            FROM {store.database}.verdicts FINAL
             WHERE captured_at >= {since}
             GROUP BY line_id ORDER BY line_id
             """
         )
-        stored = store.query(f"SELECT count() AS n FROM verdicts FINAL WHERE captured_at >= {since}")[0]["n"]
+        stored = store.query(f"SELECT count() AS n FROM {store.database}.verdicts FINAL WHERE captured_at >= {since}")[0]["n"]
     header = f"{'line':<8}{'frames':>8}{'defective':>11}{'defect %':>10}{'p50 score':>11}{'max score':>11}{'p99 infer ms':>14}"
     print(header)
     for r in rows:

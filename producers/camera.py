@@ -33,6 +33,8 @@ ENCODINGS = ("jpeg", "png", "raw")
 # Log every distinct failure reason once, then one line per this many failures: a broker
 # outage fails thousands of frames and must not drown the log, yet never goes unreported.
 _FAILURE_LOG_EVERY = 100
+# run(fps=...) catches up on lag up to this long; beyond it the schedule restarts.
+MAX_CATCH_UP_S = 1.0
 
 
 class FrameTooLargeError(ValueError):
@@ -202,9 +204,10 @@ class CameraProducer:
         """Publish images from ``source`` at ``fps`` (as fast as possible when None), at most ``count``.
 
         Frame ``n`` is due at ``start + n / fps`` on the monotonic clock, so pacing
-        errors do not accumulate. A producer that falls more than one frame
-        behind (a slow source, a full queue) restarts the schedule from now
-        instead of bursting to catch up: consumers see a steady rate, not spikes.
+        errors do not accumulate: a frame delayed by a busy CPU is followed by
+        frames sent sooner. A producer more than ``MAX_CATCH_UP_S`` behind (a
+        stalled source, a broker outage filling the queue) restarts the schedule
+        from now instead of bursting a backlog of frames at the processors.
         """
         if fps is not None and fps <= 0:
             raise ValueError("fps must be positive")
@@ -217,7 +220,9 @@ class CameraProducer:
                 if period:
                     due = start + scheduled * period
                     now = time.monotonic()
-                    if now - due > period:
+                    if now - due > MAX_CATCH_UP_S:
+                        log.warning("camera %s is %.1fs behind its %.3g fps schedule; restarting it",
+                                    self.camera_id, now - due, fps)
                         start, scheduled, due = now, 0, now
                     self._wait_until(due)
                     scheduled += 1

@@ -317,19 +317,27 @@ def test_oversized_frame_refused_then_producer_carries_on(stack, settings: Setti
 
 
 @pytest.mark.kafka
-def test_run_paces_to_the_target_rate(stack, settings: Settings) -> None:
+def test_run_paces_to_the_target_rate_without_drift(stack, settings: Settings) -> None:
     from lineguard.kafka_admin import ensure_topics
 
     line = _unique_line("pace")
     ensure_topics(settings.kafka, [line])
     producer = CameraProducer(settings, line)
-    source = SyntheticSource(SyntheticCamera("washer", size=64, seed=0))
+    frames = SyntheticSource(SyntheticCamera("washer", size=64, seed=0))
+
+    def stalling_source():  # noqa: ANN202
+        for n, item in enumerate(frames):
+            if n == 5:
+                time.sleep(0.3)  # a hiccup: the schedule, not the hiccup, sets the end time
+            yield item
+
     start = time.monotonic()
-    producer.run(source, fps=40, count=21)  # 20 intervals of 25 ms
+    producer.run(stalling_source(), fps=40, count=21)  # frame 20 is due at 0.5 s
     elapsed = time.monotonic() - start
     stats = producer.close()
     assert stats.delivered == 21
-    assert 0.45 < elapsed < 1.5, f"21 frames at 40 fps took {elapsed:.2f}s"
+    # Too fast means no pacing; 0.8 s or more means the stall was added on (drift).
+    assert 0.48 < elapsed < 0.75, f"21 frames at 40 fps with a 0.3 s stall took {elapsed:.2f}s"
 
 
 @pytest.mark.kafka

@@ -95,16 +95,14 @@ BACKBONES: dict[str, BackboneSpec] = {
         name="wide_resnet50_2", family="resnet", default_layers=("layer2", "layer3"),
         channels={"layer2": 512, "layer3": 1024}, strides={"layer2": 8, "layer3": 16},
         mean=IMAGENET_MEAN, std=IMAGENET_STD, weights_file="wide_resnet50_2-95faca4d.pth",
-        install="download torchvision's wide_resnet50_2-95faca4d.pth (IMAGENET1K_V1) yourself and pass "
-                "--option weights_path=FILE or set LINEGUARD_WEIGHTS_WIDE_RESNET50_2=FILE",
+        install="not on PyPI: copy torchvision's IMAGENET1K_V1 file wide_resnet50_2-95faca4d.pth here",
         notes="the PatchCore paper's backbone; weights are not on PyPI",
     ),
     "resnet18": BackboneSpec(
         name="resnet18", family="resnet", default_layers=("layer2", "layer3"),
         channels={"layer2": 128, "layer3": 256}, strides={"layer2": 8, "layer3": 16},
         mean=IMAGENET_MEAN, std=IMAGENET_STD, weights_file="resnet18-f37072fd.pth",
-        install="download torchvision's resnet18-f37072fd.pth (IMAGENET1K_V1) yourself and pass "
-                "--option weights_path=FILE or set LINEGUARD_WEIGHTS_RESNET18=FILE",
+        install="not on PyPI: copy torchvision's IMAGENET1K_V1 file resnet18-f37072fd.pth here",
     ),
 }
 
@@ -144,7 +142,8 @@ def find_weights(name: str, weights_path: str | Path | None = None) -> Path:
             return path
     raise WeightsNotFoundError(
         f"no weights for backbone {name!r} ({spec.weights_file}); lineguard never downloads weights at run time. "
-        f"Install them: {spec.install}; or pass weights_path=FILE / set {_env_var(name)}=FILE"
+        f"Install them ({spec.install}), or pass the file: `--option weights_path=FILE` (lineguard train), "
+        f"{_env_var(name)}=FILE, or put it in $LINEGUARD_WEIGHTS_DIR"
     )
 
 
