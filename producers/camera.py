@@ -106,6 +106,8 @@ class CameraProducer:
             "message.timeout.ms": pconf.delivery_timeout_ms,
             "client.id": f"lineguard-camera-{camera_id}",
             "error_cb": self._on_client_error,
+            # librdkafka's own log lines go through Python logging, not raw to stderr.
+            "logger": logging.getLogger(f"{__name__}.librdkafka"),
         }
         extra.update(config_overrides or {})
         self._producer = Producer(producer_config(settings.kafka, **extra))
@@ -116,7 +118,14 @@ class CameraProducer:
     def _on_client_error(self, err: KafkaError) -> None:
         # Transient errors (broker down, reconnecting) are retried by librdkafka; fatal ones
         # (e.g. an idempotence violation) make every later send fail, so they are errors.
-        level = logging.ERROR if err.fatal() else logging.WARNING
+        # A failed connection attempt is already in librdkafka's own log (routed to Python
+        # logging above), so here it is only debug output.
+        if err.fatal():
+            level = logging.ERROR
+        elif err.code() == KafkaError._TRANSPORT:
+            level = logging.DEBUG
+        else:
+            level = logging.WARNING
         log.log(level, "kafka client error for camera %s: %s", self.camera_id, err.str())
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -244,17 +253,26 @@ class CameraProducer:
         return self._producer.flush(self._flush_timeout_s if timeout_s is None else timeout_s)
 
     def close(self, timeout_s: float | None = None) -> ProducerStats:
-        """Flush and return the final counts. Frames still unresolved at the timeout count as failed."""
-        if not self._closed:
-            self._closed = True
-            remaining = self.flush(timeout_s)
+        """Flush, release the client and return the final counts.
+
+        Frames still unresolved at the timeout are purged, which reports them
+        failed ("purged") through the delivery callback: none is left uncounted.
+        """
+        if self._closed:
+            return self.stats
+        self._closed = True
+        if self.flush(timeout_s):
+            self._producer.purge(in_queue=True, in_flight=True)
+            remaining = self._producer.flush(5.0)  # serves the purged frames' delivery reports
             for _ in range(remaining):
-                self._record_failure("still queued when close() gave up waiting")
-            if self._failure_reasons:
-                log.warning(
-                    "camera %s: %d of %d frames failed: %s", self.camera_id, self._failed, self._sent,
-                    "; ".join(f"{n}x {reason}" for reason, n in self._failure_reasons.most_common()),
-                )
+                self._record_failure("still unresolved after purge at close()")
+        if hasattr(self._producer, "close"):  # confluent-kafka >= 2.10: drop connections now, not at GC
+            self._producer.close()
+        if self._failure_reasons:
+            log.warning(
+                "camera %s: %d of %d frames failed: %s", self.camera_id, self._failed, self._sent,
+                "; ".join(f"{n}x {reason}" for reason, n in self._failure_reasons.most_common()),
+            )
         return self.stats
 
     def __enter__(self) -> "CameraProducer":

@@ -299,11 +299,7 @@ class Sink(abc.ABC, Generic[T]):
         if not self._offsets:
             self._batch_started = None
             return
-        self.__dict__.setdefault('_mut', 0)
         if self._pending:
-            # MUTATION: commit offsets before the write
-            offs = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
-            self._consumer.commit(offsets=offs, asynchronous=False)
             self._with_retry(self._write_pending, "write")
         self._with_retry(self._confirm_dead_letters, "dead-letter delivery")
         self._commit()

@@ -226,6 +226,20 @@ def test_oversized_frame_is_refused_and_counted_failed(caplog) -> None:
         CameraProducer(settings, "line 7/../x")
 
 
+def test_close_accounts_for_every_frame_when_no_broker_answers(caplog) -> None:
+    producer = CameraProducer(_offline_settings(), "line-7")
+    for _ in range(3):
+        producer.send(np.zeros((32, 32, 3), dtype=np.uint8))
+    with caplog.at_level(logging.WARNING, logger="lineguard.producers.camera"):
+        stats = producer.close(timeout_s=0.5)
+    # Unresolved frames are purged and reported failed, never left uncounted.
+    assert (stats.sent, stats.delivered, stats.failed) == (3, 0, 3)
+    assert "Purged" in caplog.text
+    assert producer.close() == stats  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        producer.send(np.zeros((32, 32, 3), dtype=np.uint8))
+
+
 def test_cli_writes_a_dataset(tmp_path: Path, capsys) -> None:
     args = _parse(["produce", "--write-dataset", str(tmp_path / "bolt"), "--product", "bolt", "--size", "48",
                    "--n-train", "3", "--n-test-good", "2", "--n-test-defect", "5"])

@@ -19,7 +19,7 @@ from lineguard import kafka_admin
 from lineguard.config import Settings
 from lineguard.schemas import DeadLetter, Heatmap, Verdict, topics
 from lineguard.sinks.clickhouse import ChdbStore, ClickHouseSink, VerdictStore
-from lineguard.sinks.heatmaps import HeatmapSink, S3Store
+from lineguard.sinks.heatmaps import HeatmapSink, S3Store, open_object_store
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file
 from sink_fixtures import chdb_http_url, make_verdicts, verdict_store  # noqa: E402,F401
@@ -276,8 +276,10 @@ def test_heatmap_sink_stores_pngs_in_s3_under_their_keys(sink_settings: Settings
                       content_type="image/png", data=b"x", captured_at_ns=1)
     _produce(settings, [(topics.heatmaps(h.line_id), h.frame_id.encode(), h.encode()) for h in heatmaps + [hostile]])
 
-    bucket = f"lg-heatmaps-{uuid.uuid4().hex[:10]}"
-    store = S3Store(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, bucket)
+    settings.sinks.object_store.backend = "s3"  # the conftest points it at the stack's S3
+    store = open_object_store(settings)
+    assert isinstance(store, S3Store)
+    bucket = settings.sinks.object_store.bucket
     group = _group("heatmaps")
     metrics = HeatmapSink(settings, store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
     assert (metrics.written, metrics.dead_lettered) == (30, 1)
