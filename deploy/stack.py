@@ -202,6 +202,40 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _new_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID in base64url, never starting with '-'.
+
+    An id starting with '-' reads as an option to the storage tool's parser;
+    Kafka's own Uuid.randomUuid() avoids those for the same reason.
+    """
+    while True:
+        cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def _partitions_online(admin: Any) -> bool:
+    """True when the broker answers metadata and serves every partition it leads.
+
+    After a restart the broker answers metadata before it has reloaded its
+    partitions (ListOffsets then fails with NOT_LEADER_FOR_PARTITION), so
+    readiness asks for the end offset of every partition, in one request.
+    """
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    metadata = admin.list_topics(timeout=2)
+    if not metadata.brokers:
+        return False
+    partitions = {TopicPartition(name, p): OffsetSpec.latest()
+                  for name, topic in metadata.topics.items() for p in topic.partitions}
+    if not partitions:
+        return True
+    for future in admin.list_offsets(partitions, request_timeout=5).values():
+        future.result(timeout=10)  # raises while any partition is not served yet
+    return True
+
+
 # --------------------------------------------------------------------------- tools
 
 
@@ -371,7 +405,7 @@ class LocalStack:
         if self.identity_json.exists():
             return json.loads(self.identity_json.read_text())
         identity = {
-            "cluster_id": urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+            "cluster_id": _new_cluster_id(),
             "kafka_port": _free_port(),
             "controller_port": _free_port(),
             "s3_port": _free_port(),
@@ -514,7 +548,7 @@ class LocalStack:
                 admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "logger": quiet,
                                      "reconnect.backoff.max.ms": 200})
                 with contextlib.suppress(Exception):
-                    if admin.list_topics(timeout=2).brokers:
+                    if _partitions_online(admin):
                         return
             time.sleep(0.2)
         raise StackError(f"Kafka did not answer on 127.0.0.1:{port} within {timeout_s:.0f}s; see {self.log_path('kafka')}")

@@ -1,4 +1,5 @@
-"""``lineguard train`` and ``lineguard eval``: the engines' command line (a contract scripts depend on)."""
+"""``lineguard train``, ``lineguard eval`` and ``lineguard export``: the engines' command line (a contract
+scripts depend on)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def _eval(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     return run_eval_cli(args, settings)
 
 
+def _export(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    from .quantize import run_export_cli
+
+    return run_export_cli(args, settings)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fit an engine on normal images and export it to ONNX + manifest")
     p.add_argument("--model", required=True, choices=["baseline", "patchcore", "efficientad"])
@@ -52,4 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--markdown", help="write a Markdown table here")
     e.add_argument("--sheet", help="write a PNG sheet of heatmap overlays here")
     e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--onnx-file", default="model.onnx",
+                   help="graph in the model folder to run, e.g. model.int8.onnx (see `lineguard export --int8`)")
+    e.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     e.set_defaults(handler=_eval)
+
+    x = sub.add_parser("export", help="derive other graphs from a trained model folder (INT8 quantisation)")
+    x.add_argument("--model", required=True, help="model folder (model.onnx + manifest.json)")
+    x.add_argument("--int8", action="store_true",
+                   help="write model.int8.onnx: static INT8 quantisation calibrated on normal images")
+    x.add_argument("--data", help="normal images to calibrate on (MVTec root or folder; default: the training data)")
+    x.add_argument("--calibration-images", type=int, default=32)
+    x.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    x.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    x.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights: avoids u8s8 saturation on AVX2 CPUs without VNNI, at some precision")
+    x.set_defaults(handler=_export)

@@ -144,12 +144,23 @@ def _watermarks(kafka_cfg: KafkaConfig, topic: str, timeout_s: float) -> dict[in
         if entry is None or entry.error is not None:
             reason = entry.error if entry is not None else "not in metadata"
             raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"{topic}: {reason}"))
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
-            for p in sorted(entry.partitions)
-        }
+        deadline = time.monotonic() + timeout_s
+        return {p: _watermark_with_retry(consumer, TopicPartition(topic, p), deadline) for p in sorted(entry.partitions)}
     finally:
         consumer.close()
+
+
+def _watermark_with_retry(consumer: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+    """Watermarks of one partition, retrying retriable errors (a broker that just restarted
+    answers NOT_LEADER_FOR_PARTITION until it has taken its partitions back) until ``deadline``."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(
+                partition, timeout=max(0.5, deadline - time.monotonic()), cached=False)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def topic_end_offsets(kafka_cfg: KafkaConfig, topic: str, timeout_s: float = 10.0) -> dict[int, int]:

@@ -73,7 +73,8 @@ class FrameProcessor:
         # One scoring thread: ONNX Runtime already uses every core inside one run.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
         max_pending = max(64, 4 * max(b.max_batch for b in [pconf.batching, *pconf.batching_per_model.values()]))
-        self.batcher: MicroBatcher[Work] = MicroBatcher(self._limits_for, self._flush, max_pending=max_pending)
+        self.batcher: MicroBatcher[Work] = MicroBatcher(self._limits_for, self._score, self._publish_outcomes,
+                                                        max_pending=max_pending)
         self.counts: Counter[str] = Counter()
         self.stream: Any = None
         self._last_report = time.monotonic()
@@ -99,9 +100,16 @@ class FrameProcessor:
             return
         await self.batcher.put(f"{frame.product}@{frame.line_id}", Work(frame, received_ns, event))
 
-    async def _flush(self, key: str, batch: list[Work]) -> None:
+    async def _score(self, key: str, batch: list[Work]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
-        outcomes: list[Outcome] = await loop.run_in_executor(self.executor, self.scorer.score, batch)
+        try:
+            return await loop.run_in_executor(self.executor, self.scorer.score, batch)
+        except Exception as exc:  # e.g. a model file that cannot be loaded: park the frames, don't stall
+            log.exception("scoring a batch of %s failed", key)
+            error = SchemaError(Reason.SCORING_FAILED, f"{type(exc).__name__}: {exc}")
+            return [Outcome(work, failure=error) for work in batch]
+
+    async def _publish_outcomes(self, key: str, batch: list[Work], outcomes: list[Outcome]) -> None:
         sends = []
         for outcome in outcomes:
             frame = outcome.work.frame

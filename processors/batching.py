@@ -2,7 +2,10 @@
 
 Items wait in one queue per key (the model they need). A queue is flushed
 when it holds ``max_batch`` items or its oldest item has waited
-``max_wait_ms``, whichever comes first. ``put`` blocks once ``max_pending``
+``max_wait_ms``, whichever comes first. A flush has two phases: ``prepare``
+(decode and score; two batches may prepare at once, so one decodes while the
+other scores) and ``publish``, which runs strictly in flush order per key, so
+a camera's verdicts leave in the order its frames arrived. ``put`` blocks once ``max_pending``
 items are waiting in all queues together: that back-pressure stops the
 consumer loop, so faust's stream buffer fills and it pauses fetching instead
 of holding an unbounded number of images in memory.
@@ -35,13 +38,17 @@ class MicroBatcher(Generic[T]):
     def __init__(
         self,
         limits_for: Callable[[str], BatchLimits],
-        flush: Callable[[str, list[T]], Awaitable[Any]],
+        prepare: Callable[[str, list[T]], Awaitable[Any]],
+        publish: Callable[[str, list[T], Any], Awaitable[Any]],
         max_pending: int = 256,
         max_concurrent_flushes: int = 2,
     ) -> None:
         self._limits_for = limits_for
-        self._flush = flush
+        self._prepare = prepare
+        self._publish = publish
         self._queues: dict[str, _Queue[T]] = {}
+        # Per key, the future the next flush's publish waits for.
+        self._published: dict[str, asyncio.Future] = {}
         self._capacity = asyncio.Semaphore(max_pending)
         # Two flushes at once: one decodes its frames while the other scores.
         self._flush_slots = asyncio.Semaphore(max_concurrent_flushes)
@@ -73,17 +80,27 @@ class MicroBatcher(Generic[T]):
             queue.timer.cancel()
             queue.timer = None
         items, queue.items = queue.items, []
-        task = asyncio.ensure_future(self._run_flush(key, items))
+        previous = self._published.get(key)
+        mine = asyncio.get_running_loop().create_future()
+        self._published[key] = mine
+        task = asyncio.ensure_future(self._run_flush(key, items, previous, mine))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_flush(self, key: str, items: list[T]) -> None:
+    async def _run_flush(self, key: str, items: list[T], previous: asyncio.Future | None,
+                         mine: asyncio.Future) -> None:
         try:
             async with self._flush_slots:
-                await self._flush(key, items)
+                prepared = await self._prepare(key, items)
+            if previous is not None:
+                await asyncio.shield(previous)
+            await self._publish(key, items, prepared)
             self.flushed_batches += 1
             self.flushed_items += len(items)
         finally:
+            mine.set_result(None)
+            if self._published.get(key) is mine:
+                del self._published[key]
             for _ in items:
                 self._capacity.release()
 

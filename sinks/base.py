@@ -47,6 +47,9 @@ PartitionKey = tuple[str, int]
 # How long one poll may block: bounds how late stop requests, flush deadlines and
 # idle exits are noticed.
 _POLL_SLICE_S = 0.2
+# Joining a group can take seconds (the broker's group.initial.rebalance.delay.ms, 3 s by
+# default, then the assignment): an idle exit waits at least this long for a first assignment.
+_FIRST_ASSIGNMENT_GRACE_S = 15.0
 MAX_POLL_INTERVAL_MS = 10 * 60 * 1000
 
 
@@ -62,6 +65,7 @@ class SinkMetrics:
     retries: int = 0         # failed write attempts that were retried
     commits: int = 0         # successful offset commits
     commit_failures: int = 0
+    revocations: int = 0     # rebalances that took partitions away
     # Messages behind the log end, per "topic[partition]", measured after each commit.
     lag: dict[str, int] = field(default_factory=dict)
 
@@ -111,7 +115,7 @@ class Sink(abc.ABC, Generic[T]):
         self._in_retry = False
         self._early: list[Message] = []                # polled while paused for a retry
         self._assigned_at: float | None = None
-        self._last_message_at = time.monotonic()
+        self._started_at = self._last_message_at = time.monotonic()
 
     # ---- what subclasses provide -------------------------------------------------
 
@@ -144,12 +148,13 @@ class Sink(abc.ABC, Generic[T]):
         max_messages: int | None = None,
     ) -> SinkMetrics:
         """Consume until ``stop_event`` is set, ``idle_exit_s`` passed without a message
-        (counted from the later of start and the last partition assignment), or
+        (counted from the last partition assignment; before the first one, at least
+        15 s are given to join the group), or
         ``max_messages`` were consumed. Flushes and commits before returning."""
         stop = stop_event or threading.Event()
         self._stop = stop
         consumer = self._open_consumer()
-        self._last_message_at = time.monotonic()
+        self._started_at = self._last_message_at = time.monotonic()
         log.info("sink %s: group %s subscribing to %s", self.kind, self.group_id, self.subscription)
         try:
             while not stop.is_set():
@@ -165,7 +170,7 @@ class Sink(abc.ABC, Generic[T]):
                     self._accept(message)
                 if self._batch_due():
                     self._flush()
-                if idle_exit_s is not None and not messages and self._idle_for() >= idle_exit_s:
+                if idle_exit_s is not None and not messages and self._idle_expired(idle_exit_s):
                     break
             self._flush()
         except SinkStopped:
@@ -206,9 +211,11 @@ class Sink(abc.ABC, Generic[T]):
         due_in = self._batch_started + self.cfg.flush_interval_ms / 1000 - time.monotonic()
         return max(0.0, min(_POLL_SLICE_S, due_in))
 
-    def _idle_for(self) -> float:
-        since = max(self._last_message_at, self._assigned_at or 0.0)
-        return time.monotonic() - since
+    def _idle_expired(self, idle_exit_s: float) -> bool:
+        now = time.monotonic()
+        if self._assigned_at is None:  # still joining, or nothing matches the subscription
+            return now - self._started_at >= max(idle_exit_s, _FIRST_ASSIGNMENT_GRACE_S)
+        return now - max(self._last_message_at, self._assigned_at) >= idle_exit_s
 
     def _batch_due(self) -> bool:
         if self._batch_started is None:
@@ -380,10 +387,13 @@ class Sink(abc.ABC, Generic[T]):
         if consumer is None:
             return
         try:
+            lag = {}
             for tp in consumer.position(consumer.assignment()):
+                # Cached: the high watermark arrives with every fetch, no broker round trip.
                 _, high = consumer.get_watermark_offsets(tp, cached=True)
                 if high >= 0 and tp.offset >= 0:
-                    self.metrics.lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - tp.offset)
+                    lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - tp.offset)
+            self.metrics.lag = lag  # only partitions this sink holds now
         except KafkaException as exc:
             log.debug("sink %s: lag unavailable: %s", self.kind, exc)
 
@@ -397,6 +407,8 @@ class Sink(abc.ABC, Generic[T]):
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
+        if revoked:
+            self.metrics.revocations += 1
         if not revoked & set(self._offsets):
             return
         if not self._in_retry:
@@ -432,6 +444,7 @@ class Sink(abc.ABC, Generic[T]):
             if self._producer is not None:
                 self._producer.flush(10)
             if self._consumer is not None:
+                self._measure_lag()
                 self._consumer.close()  # leaves the group; commits nothing (auto commit is off)
         finally:
             self._consumer = None

@@ -239,6 +239,8 @@ class ChdbStore(VerdictStore):
                     "path per process -- close that store first"
                 ) from exc
             raise
+        # nan/inf come back as "nan"/"inf" (JSON has no such numbers) instead of null.
+        self._session.query("SET output_format_json_quote_denormals = 1")
 
     def execute(self, sql: str) -> None:
         self._session.query(sql)

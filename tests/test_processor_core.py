@@ -40,12 +40,15 @@ def _frame(img: np.ndarray, product: str = "widget", line: str = "line1", encodi
 def test_batcher_flushes_on_size_and_on_wait():
     flushed: list[tuple[str, list[int]]] = []
 
-    async def flush(key, items):
+    async def prepare(key, items):
+        return None
+
+    async def publish(key, items, prepared):
         flushed.append((key, list(items)))
 
     async def main():
         limits = {"a": BatchLimits(3, 10_000), "b": BatchLimits(100, 30)}
-        batcher = MicroBatcher(lambda k: limits[k], flush, max_pending=100)
+        batcher = MicroBatcher(lambda k: limits[k], prepare, publish, max_pending=100)
         for i in range(7):
             await batcher.put("a", i)
         await batcher.put("b", 99)
@@ -62,11 +65,14 @@ def test_batcher_flushes_on_size_and_on_wait():
 def test_batcher_put_blocks_when_full():
     release = asyncio.Event()
 
-    async def slow_flush(key, items):
+    async def slow_prepare(key, items):
         await release.wait()
 
+    async def publish(key, items, prepared):
+        pass
+
     async def main():
-        batcher = MicroBatcher(lambda k: BatchLimits(2, 1), slow_flush, max_pending=4)
+        batcher = MicroBatcher(lambda k: BatchLimits(2, 1), slow_prepare, publish, max_pending=4)
         for i in range(4):
             await batcher.put("k", i)
         blocked = asyncio.ensure_future(batcher.put("k", 5))
@@ -77,6 +83,26 @@ def test_batcher_put_blocks_when_full():
         await batcher.drain()
 
     asyncio.run(main())
+
+
+def test_batches_publish_in_order_even_when_a_later_one_prepares_faster():
+    published: list[int] = []
+
+    async def prepare(key, items):
+        await asyncio.sleep(0.2 if items[0] == 0 else 0.01)  # the first batch is the slow one
+        return items
+
+    async def publish(key, items, prepared):
+        published.extend(prepared)
+
+    async def main():
+        batcher = MicroBatcher(lambda k: BatchLimits(2, 10_000), prepare, publish, max_pending=10)
+        for i in range(4):
+            await batcher.put("cam", i)
+        await batcher.drain()
+
+    asyncio.run(main())
+    assert published == [0, 1, 2, 3]
 
 
 def test_scorer_verdicts_threshold_override_and_dead_letters(tmp_path):

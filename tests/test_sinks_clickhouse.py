@@ -154,3 +154,32 @@ def test_chdb_path_held_by_another_process_gives_a_clear_error(tmp_path: Path) -
         assert store.count_frames() == 0
     finally:
         store.close()
+
+
+def test_non_finite_floats_survive_the_round_trip(verdict_store: VerdictStore) -> None:
+    verdict = dataclasses.replace(make_verdicts(1)[0], score=float("nan"), inference_ms=float("inf"))
+    verdict_store.insert_verdicts([verdict])
+    row = verdict_store.query(f"SELECT score, inference_ms FROM {verdict_store.database}.verdicts")[0]
+    assert np.isnan(row["score"]) and row["inference_ms"] == float("inf")
+
+
+def test_open_store_follows_the_settings(tmp_path: Path, chdb_http_url: str) -> None:  # noqa: F811
+    from lineguard.config import Settings
+    from lineguard.sinks.clickhouse import ServerStore, open_store
+
+    settings = Settings(state_dir=tmp_path / "state")
+    store = open_store(settings)
+    try:
+        assert isinstance(store, ChdbStore) and store.path == tmp_path / "state" / "chdb"
+    finally:
+        store.close()
+    settings.sinks.clickhouse.backend = "server"
+    settings.sinks.clickhouse.url = chdb_http_url
+    settings.sinks.clickhouse.database = "lineguard_open_store"
+    store = open_store(settings)
+    try:
+        assert isinstance(store, ServerStore)
+        store.create_schema()
+        assert store.count_frames() == 0
+    finally:
+        store.close()

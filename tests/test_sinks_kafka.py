@@ -326,3 +326,49 @@ def test_cli_heatmap_sink_to_local_folder_prints_the_summary(
     assert out[-1] == "sink: kind=heatmaps written=12 deadletter=1 retries=0"
     for h in heatmaps:
         assert (state / "heatmaps" / h.key).read_bytes() == h.data
+
+
+class SlowChdbStore(ChdbStore):
+    """The real chdb store, slowed down so a rebalance lands while batches are in flight."""
+
+    def insert_verdicts(self, verdicts):  # noqa: ANN001, ANN201
+        time.sleep(0.1)
+        return super().insert_verdicts(verdicts)
+
+
+def test_rebalance_flushes_and_commits_before_partitions_move(sink_settings: Settings, tmp_path: Path) -> None:
+    settings = sink_settings
+    settings.sinks.batch_size = 10
+    settings.sinks.flush_interval_ms = 60_000
+    lines = _lines(1)
+    kafka_admin.ensure_topics(settings.kafka, lines)  # two partitions: one for each sink after the rebalance
+    verdict_topics = [topics.verdicts(lines[0])]
+    group = _group("clickhouse")
+    _produce_verdicts(settings, make_verdicts(600, lines=tuple(lines)))
+
+    store = SlowChdbStore(tmp_path / "chdb")  # chdb sessions are thread-safe; both sinks share it
+    first = ClickHouseSink(settings, store, lines=lines, group_id=group)
+    second = ClickHouseSink(settings, store, lines=lines, group_id=group)
+    results: dict[str, object] = {}
+    threads = [threading.Thread(target=lambda: results.update(first=first.run(idle_exit_s=IDLE_S)))]
+    try:
+        threads[0].start()
+        deadline = time.monotonic() + 60
+        while first.metrics.written < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert first.metrics.written >= 20
+        threads.append(threading.Thread(target=lambda: results.update(second=second.run(idle_exit_s=IDLE_S))))
+        threads[1].start()
+        for thread in threads:
+            thread.join(timeout=120)
+            assert not thread.is_alive()
+        assert first.metrics.revocations >= 1, "the second sink never caused a rebalance"
+        assert second.metrics.written > 0, "the second sink got no partition"
+        # The first sink flushed and committed on revoke, so nothing was written twice.
+        assert first.metrics.written + second.metrics.written == 600
+        assert store.count_frames() == 600
+        assert _fully_committed(settings, group, verdict_topics)
+    finally:
+        for thread in threads:
+            thread.join(timeout=60)
+        store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import cv2
 import numpy as np
@@ -107,18 +106,6 @@ def test_mean_deviation_detector_separates_defects(product: str) -> None:
     scores = np.array([score(f.image) for f in mixed])
     auc = auroc(scores[~labels], scores[labels])
     assert auc > 0.95, f"{product}: AUROC {auc:.3f}"
-
-
-def test_render_is_fast() -> None:
-    cam = SyntheticCamera("washer", size=256, seed=0, defect_rate=0.1)
-    cam.render(0)
-    start = time.perf_counter()
-    n = 200
-    for i in range(n):
-        cam.render(i)
-    fps = n / (time.perf_counter() - start)
-    # ~300 frames/s on one idle core; the bar is halved because test machines are shared.
-    assert fps > 100, f"{fps:.0f} frames/s"
 
 
 def test_write_mvtec_layout(tmp_path) -> None:

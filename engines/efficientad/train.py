@@ -20,6 +20,9 @@ batch_size         1                           images per step (the paper uses 1
 lr, weight_decay   1e-4, 1e-5                  Adam; lr x0.1 for the last 5% of steps
 single_pass        true                        ST loss on the augmented image too: one teacher +
                                                one student pass per step instead of two
+crop_size          128                         student/teacher loss on a random crop of this side
+                                               (the AE still sees the whole image); 0: whole image
+norm_images        64                          images for the teacher channel mean/std
 val_fraction       0.1                         normal images held out for the map quantiles
 checkpoint_dir     none                        save every ``checkpoint_every`` steps, resume
 checkpoint_every   100
@@ -57,23 +60,25 @@ from .torch_model import BackboneTeacher, EfficientAdModel, PDNSmall, count_conv
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HARD_QUANTILE = 0.999  # only the hardest 0.1% of student-teacher distances drive the student
 CHECKPOINT_FILE = "efficientad.pt"
 
 # Per backbone: (layers for the frozen teacher, option b: stride 4 + 8, a receptive field close to the
 # PDN's 33 px; layers for the distillation target, option a: stride 8 + 16, like the paper's WRN
 # layer2 + layer3, which the PDN approximates within its own 33 px).
-TEACHER_LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+TEACHER_LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "efficientnet_lite0": (("_blocks.2", "_blocks.4"), ("_blocks.4", "_blocks.10")),
+    "efficientnet_lite1": (("_blocks.2", "_blocks.6"), ("_blocks.6", "_blocks.14")),
+    "efficientnet_lite2": (("_blocks.2", "_blocks.6"), ("_blocks.6", "_blocks.14")),
+    "mobilenet_v2": (("features.3", "features.6"), ("features.6", "features.13")),
+}
 
 
 def _feature_extractor(backbone: str, layers: Sequence[str]) -> tuple[nn.Module, dict[str, Any]]:
     """``module(x) -> [features per layer]`` from the shared offline backbones, plus manifest info."""
-    from ..common.backbones import FeatureExtractor, load_backbone
+    from ..common.backbones import FeatureExtractor, backbone_info, load_backbone
 
-    loaded = load_backbone(backbone)
-    extractor = FeatureExtractor(loaded, list(layers))
+    extractor = FeatureExtractor(load_backbone(backbone), list(layers))
 
     class _AsList(nn.Module):
         def __init__(self) -> None:
@@ -84,11 +89,7 @@ def _feature_extractor(backbone: str, layers: Sequence[str]) -> tuple[nn.Module,
             out = self.inner(x)
             return list(out.values()) if isinstance(out, dict) else list(out)
 
-    info = {"name": backbone, "layers": list(layers)}
-    sha = getattr(loaded, "weights_sha256", None)
-    if sha:
-        info["weights_sha256"] = sha
-    return _AsList().eval(), info
+    return _AsList().eval(), backbone_info(backbone, layers)
 
 
 def _augment(x01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -150,15 +151,18 @@ class EfficientAD(AnomalyModel):
     def __init__(self, input_size: Sequence[int] = (256, 256), backbone: str = "efficientnet_lite0",
                  teacher: str = "backbone", teacher_layers: Sequence[str] | None = None, channels: int = 384,
                  steps: int = 1000, distill_steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
-                 weight_decay: float = 1e-5, single_pass: bool = True, val_fraction: float = 0.1,
-                 checkpoint_dir: str | None = None, checkpoint_every: int = 100, progress: bool = True,
-                 seed: int = 0, norm_images: int = 256) -> None:
+                 weight_decay: float = 1e-5, single_pass: bool = True, crop_size: int = 128,
+                 val_fraction: float = 0.1, checkpoint_dir: str | None = None, checkpoint_every: int = 100,
+                 progress: bool = True, seed: int = 0, norm_images: int = 64) -> None:
+        from ..common.backbones import get_spec
+
         size = tuple(int(v) for v in (input_size if isinstance(input_size, (list, tuple)) else (input_size,) * 2))
         if size[0] != size[1]:
             raise ValueError(f"EfficientAD needs a square input, got {size}")
         if teacher not in ("backbone", "distilled"):
             raise ValueError(f"teacher must be 'backbone' or 'distilled', got {teacher!r}")
-        super().__init__(size, IMAGENET_MEAN, IMAGENET_STD)
+        spec = get_spec(backbone)  # the input normalisation the backbone was trained with
+        super().__init__(size, spec.mean, spec.std)
         self.size = size[0]
         self.backbone_name = backbone
         self.teacher_kind = teacher
@@ -173,6 +177,10 @@ class EfficientAD(AnomalyModel):
         self.batch_size = int(batch_size)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.single_pass = bool(single_pass)
+        # A crop must leave a non-empty PDN output and fit in the image; else train on whole images.
+        self.crop_size = int(crop_size) if 64 <= int(crop_size) < self.size else 0
+        if self.crop_size % 4:
+            raise ValueError(f"crop_size must be a multiple of 4 (the PDN stride), got {crop_size}")
         self.val_fraction = float(val_fraction)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every = max(1, int(checkpoint_every))
@@ -191,6 +199,7 @@ class EfficientAD(AnomalyModel):
         return {"size": self.size, "backbone": self.backbone_name, "teacher": self.teacher_kind,
                 "layers": self.teacher_layers, "channels": self.channels, "batch_size": self.batch_size,
                 "lr": self.lr, "weight_decay": self.weight_decay, "single_pass": self.single_pass,
+                "crop_size": self.crop_size,
                 "seed": self.seed, "distill_steps": self.distill_steps if self.teacher_kind == "distilled" else 0}
 
     def _to_input(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -198,8 +207,8 @@ class EfficientAD(AnomalyModel):
         return torch.from_numpy(preprocess(list(images), spec))
 
     def _normalise(self, x01: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(self.input.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.input.std).view(1, 3, 1, 1)
         return (x01 - mean) / std
 
     def _batch01(self, data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -273,7 +282,8 @@ class EfficientAD(AnomalyModel):
                 x01 = x01.flip(-1)
             x01 = torch.rot90(x01, int(torch.randint(0, 4, (1,), generator=generator)), dims=(-2, -1))
             x = self._normalise(_augment(x01, generator))
-            loss = F.mse_loss(teacher(x), target(x))
+            window = self._crop_window(generator)
+            loss = F.mse_loss(teacher(self._crop_input(x, window)), self._crop_grid(target(x), window))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -288,6 +298,41 @@ class EfficientAD(AnomalyModel):
         self._distilled_state = {"teacher": teacher.state_dict(), "distill_step": self.distill_steps,
                                  "distill_mean": mean, "distill_std": std}
         return teacher.eval()
+
+    def _crop_window(self, generator: torch.Generator) -> tuple[int, int, int] | None:
+        """A random crop at input offset (4a, 4b): ``(a, b, n)`` with n its PDN output side.
+
+        The unpadded PDN is exactly equivariant to shifts by its stride 4, so on
+        the crop it computes rows/columns a..a+n-1 of its whole-image output: the
+        losses on a crop are the whole-image losses restricted to a window, at
+        (crop/size)^2 of the student's cost.
+        """
+        if not self.crop_size:
+            return None
+        span = (self.size - self.crop_size) // 4 + 1
+        a, b = torch.randint(0, span, (2,), generator=generator).tolist()
+        return a, b, pdn_output_size(self.crop_size)
+
+    def _crop_input(self, x: torch.Tensor, window: tuple[int, int, int] | None) -> torch.Tensor:
+        if window is None:
+            return x
+        a, b, _ = window
+        return x[:, :, 4 * a:4 * a + self.crop_size, 4 * b:4 * b + self.crop_size]
+
+    @staticmethod
+    def _crop_grid(t: torch.Tensor, window: tuple[int, int, int] | None) -> torch.Tensor:
+        if window is None:
+            return t
+        a, b, n = window
+        return t[:, :, a:a + n, b:b + n]
+
+    def _teacher_window(self, x: torch.Tensor, window: tuple[int, int, int] | None) -> torch.Tensor:
+        """Normalised teacher features of the window: a PDN teacher runs on the crop alone (exact, cheaper);
+        a backbone teacher on the whole image (cheap, and its padding makes crops inexact)."""
+        assert self.model is not None
+        if self.teacher_kind == "distilled":
+            return self.model.teacher_features(self._crop_input(x, window))
+        return self._crop_grid(self.model.teacher_features(x), window)
 
     @staticmethod
     def _reduce(features: torch.Tensor, width: int) -> torch.Tensor:
@@ -352,7 +397,7 @@ class EfficientAD(AnomalyModel):
         self.manifest_extra.update({
             "teacher": self.teacher_kind, "steps": self.steps, "batch_size": self.batch_size,
             "distill_steps": self.distill_steps if self.teacher_kind == "distilled" else 0,
-            "single_pass": self.single_pass, "n_train": len(train), "n_quantile_val": len(val),
+            "single_pass": self.single_pass, "crop_size": self.crop_size, "n_train": len(train), "n_quantile_val": len(val),
             "quantiles_st": model.quantiles_st.tolist(), "quantiles_ae": model.quantiles_ae.tolist(),
             "teacher_seconds": round(teacher_s, 1), "train_seconds": round(train_s, 1),
             "gflops_per_image": round(count_conv_flops(model, self.size) / 1e9, 3),
@@ -402,14 +447,15 @@ class EfficientAD(AnomalyModel):
             index = torch.randint(0, len(data), (self.batch_size,), generator=generator)
             x01 = self._batch01(data, index)
             aug = self._normalise(_augment(x01, generator))
-            teacher_aug = model.teacher_features(aug)
-            student_aug = model.student(aug)
+            window = self._crop_window(generator)
+            teacher_aug = self._teacher_window(aug, window)
+            student_aug = model.student(self._crop_input(aug, window))
             if self.single_pass:
                 teacher_img, student_img = teacher_aug, student_aug
             else:
                 x = self._normalise(x01)
-                teacher_img, student_img = model.teacher_features(x), model.student(x)
-            ae = model.autoencoder(aug)
+                teacher_img, student_img = self._teacher_window(x, window), model.student(self._crop_input(x, window))
+            ae = self._crop_grid(model.autoencoder(aug), window)  # the AE always sees the whole image
             loss_st = hard_feature_loss(teacher_img, student_img[:, :c])
             loss_ae = (teacher_aug - ae).pow(2).mean()
             loss_stae = (ae - student_aug[:, c:]).pow(2).mean()

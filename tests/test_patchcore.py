@@ -1,0 +1,113 @@
+"""PatchCore on generated textures: fit, ONNX export parity, defects outscore normal images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.train
+
+from lineguard.engines.common.backbones import WeightsNotFoundError, find_weights  # noqa: E402
+
+from engine_images import defect_image, normal_image, write_mvtec  # noqa: E402
+
+
+def _have_mobilenet() -> bool:
+    try:
+        find_weights("mobilenet_v2")
+        return True
+    except WeightsNotFoundError:
+        return False
+
+
+needs_weights = pytest.mark.skipif(not _have_mobilenet(), reason="MobileNetV2 weights not installed (make train-deps)")
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from lineguard.engines.patchcore.train import build_model
+
+    rng = np.random.default_rng(0)
+    train = [normal_image(rng, SIZE) for _ in range(20)]
+    # 10% of 20 x 12 x 12 patches: a bank of 288, enough for these small images.
+    model = build_model(input_size=SIZE, coreset_ratio=0.1, progress=False).fit(train)
+    return model, rng
+
+
+@needs_weights
+def test_fit_builds_a_coreset_bank(fitted) -> None:
+    model, _ = fitted
+    extra = model.manifest_extra
+    assert extra["n_patches"] == 20 * 12 * 12  # 96 px / stride 8
+    assert extra["memory_bank_size"] == round(0.1 * extra["n_patches"])
+    bank = model.model.memory_bank
+    assert tuple(bank.shape) == (extra["memory_bank_size"], 128)
+    # Every bank entry's nearest neighbour is itself.
+    assert (model.model.bank_neighbors[:, 0] == np.arange(len(bank))).all()
+
+
+@needs_weights
+def test_defects_score_above_normal_images(fitted) -> None:
+    model, _ = fitted
+    rng = np.random.default_rng(123)
+    normals = [normal_image(rng, SIZE) for _ in range(6)]
+    defects, masks = zip(*(defect_image(rng, SIZE, kind) for kind in ("blob", "scratch") * 3))
+    normal_scores, normal_maps = model.score(normals)
+    defect_scores, defect_maps = model.score(list(defects))
+    assert normal_maps.shape == (6, 1, SIZE, SIZE)
+    assert defect_scores.min() > normal_scores.max()
+    # The map is highest inside the defect.
+    for amap, mask in zip(defect_maps[:, 0], masks):
+        assert amap[mask > 0].mean() > amap[mask == 0].mean() * 1.5
+
+
+@needs_weights
+def test_onnx_export_parity_with_dynamic_batch(fitted, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    model, _ = fitted
+    rng = np.random.default_rng(7)
+    images = [normal_image(rng, SIZE) for _ in range(3)] + [defect_image(rng, SIZE)[0] for _ in range(2)]
+    path = tmp_path / "model.onnx"
+    model.export_onnx(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tensor = model._tensor(images).numpy()
+    torch_scores, torch_maps = model.score(images)
+    for batch in (tensor, tensor[:1]):  # the batch axis is dynamic
+        scores, maps = session.run(["score", "anomaly_map"], {"image": batch})
+        n = len(batch)
+        np.testing.assert_allclose(scores, torch_scores[:n], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(maps, torch_maps[:n], rtol=1e-4, atol=1e-4 * float(np.abs(torch_maps).max()))
+
+
+@needs_weights
+def test_train_cli_writes_manifest_with_backbone(tmp_path: Path) -> None:
+    from lineguard.cli import main
+    from lineguard.engines.runtime import ScoringEngine
+
+    data = write_mvtec(tmp_path / "data", n_train=10, size=SIZE)
+    out = tmp_path / "model"
+    assert main(["train", "--model", "patchcore", "--data", str(data), "--out", str(out), "--size", str(SIZE),
+                 "--option", "coreset_ratio=0.1", "--option", "progress=false"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "patchcore"
+    assert manifest["backbone"]["name"] == "mobilenet_v2"
+    assert manifest["backbone"]["layers"] == ["features.6", "features.13"]
+    assert len(manifest["backbone"]["weights_sha256"]) == 64
+    assert manifest["extra"]["coreset_ratio"] == 0.1
+    engine = ScoringEngine(out)
+    scores, maps = engine.score([normal_image(np.random.default_rng(5), SIZE)])
+    assert scores.shape == (1,) and maps.shape == (1, 1, SIZE, SIZE)
+
+
+def test_unknown_option_is_rejected() -> None:
+    from lineguard.engines.patchcore.train import build_model
+
+    with pytest.raises(ValueError, match="unknown patchcore options"):
+        build_model(coreset_percent=1)
