@@ -232,7 +232,11 @@ def _partitions_online(admin: Any) -> bool:
     if not partitions:
         return True
     for future in admin.list_offsets(partitions, request_timeout=5).values():
-        future.result(timeout=10)  # raises while any partition is not served yet
+        try:
+            future.result(timeout=10)  # raises while the partition is not served yet
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            exc.__traceback__ = None  # the future keeps it: don't let it pin this frame and client
+            return False
     return True
 
 

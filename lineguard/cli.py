@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "lineguard.sinks.cli",        # sink
     "lineguard.engines.cli",      # train, eval, export
     "lineguard.demo",             # demo
+    "lineguard.benchmarks.cli",   # bench engine|pipeline|anomalib
 )
 
 

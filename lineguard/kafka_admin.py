@@ -102,17 +102,28 @@ def ensure_topics(
     """
     admin = admin_client(kafka_cfg)
     wanted = _wanted_topics(kafka_cfg, line_ids)
-    created: list[str] = []
     futures = admin.create_topics(wanted, request_timeout=timeout_s, operation_timeout=timeout_s)
-    for name, future in futures.items():
-        try:
-            future.result(timeout=timeout_s)
-            created.append(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+    created = [name for name, future in futures.items() if _created(future, timeout_s)]
     _wait_for_leaders(admin, [t.topic for t in wanted], timeout_s)
     return created
+
+
+def _created(future: Any, timeout_s: float) -> bool:
+    """True if the topic was created, False if it existed; raise on any other error.
+
+    The future keeps the "already exists" exception, whose traceback holds the
+    caller's frames (and so the AdminClient) in a reference cycle: the client
+    would live on until a gc, reconnecting and logging. Dropping the traceback
+    breaks the cycle.
+    """
+    try:
+        future.result(timeout=timeout_s)
+        return True
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            exc.__traceback__ = None
+            return False
+        raise
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:

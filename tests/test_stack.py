@@ -35,10 +35,13 @@ MiB = 1024 * 1024
 def _produce(settings: Settings, topic: str, values: list[bytes], **extra: object) -> None:
     producer = Producer(producer_config(settings.kafka, **extra))
     errors: list[KafkaError] = []
-    for value in values:
-        producer.produce(topic, value, on_delivery=lambda err, _msg: errors.append(err) if err else None)
-        producer.poll(0)
-    assert producer.flush(60) == 0, "messages still queued after 60 s"
+    try:
+        for value in values:
+            producer.produce(topic, value, on_delivery=lambda err, _msg: errors.append(err) if err else None)
+            producer.poll(0)
+        assert producer.flush(60) == 0, "messages still queued after 60 s"
+    finally:
+        producer.close()  # else it lingers, reconnecting (and logging) while the broker restarts
     assert errors == []
 
 

@@ -1,0 +1,52 @@
+"""``lineguard bench engine|pipeline|anomalib``: figures measured side by side in one run, as JSON + Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lineguard.config import Settings
+
+
+def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    from lineguard.deploy.stack import LocalStack
+
+    from .pipeline import PipelineBenchConfig, markdown, run, write_outputs
+
+    stack = LocalStack.from_settings(settings)
+    started_here = stack.running("kafka") is None
+    info = stack.up(with_s3=False)
+    settings.kafka.bootstrap_servers = info["kafka_bootstrap"]
+    cfg = PipelineBenchConfig(lines=args.lines, frames=args.frames, size=args.size,
+                              model_dir=Path(args.model_dir) if args.model_dir else None, product=args.product,
+                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
+                              latency_seconds=args.latency_seconds)
+    try:
+        result = run(settings, cfg)
+    finally:
+        if started_here:
+            stack.down()
+    write_outputs(result, args.json)
+    print(markdown(result))
+    print(json.dumps({k: result[k] for k in ("pipeline_fps", "engine_fps", "kafka_fps", "p50_capture_to_verdict_ms",
+                                             "p99_capture_to_verdict_ms", "p99_capture_to_row_ms", "max_wait_ms",
+                                             "batch_scoring_ms")}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks: engines, the pipeline, lineguard vs anomalib")
+    kinds = bench.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
+    p = kinds.add_parser("pipeline", help="producers → Kafka → processors → ClickHouse vs raw Kafka and engine alone")
+    p.add_argument("--lines", type=int, default=2)
+    p.add_argument("--frames", type=int, default=300, help="frames per line in the throughput phase")
+    p.add_argument("--size", type=int, default=256, help="frame width and height (JPEG)")
+    p.add_argument("--model-dir", help="folder of model folders (default: fit the baseline on synthetic frames)")
+    p.add_argument("--product", default="washer", help="product (model folder name) the frames carry")
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-wait-ms", type=int, default=50)
+    p.add_argument("--workers", type=int, default=1, help="processor workers in one consumer group")
+    p.add_argument("--latency-seconds", type=float, default=15.0)
+    p.add_argument("--json", help="write the result here (and a .md table beside it)")
+    p.set_defaults(handler=_pipeline)

@@ -1,0 +1,332 @@
+"""``lineguard bench pipeline``: the streaming path against its two ceilings, measured in one run.
+
+Phases, all on the same pre-encoded frames:
+
+1. **kafka**: raw Kafka — the frames produced and consumed with no scoring.
+2. **engine**: the engine alone — JPEG decode + ONNX Runtime scoring in
+   batches of ``max_batch`` in this process, no Kafka.
+3. **pipeline (throughput)**: a backlog of L lines x F frames is produced
+   first (cameras are other machines in a plant, so their CPU is not charged
+   to the pipeline), then a processor worker and the ClickHouse sink start;
+   the sustained rate is taken from verdict arrival times after the first
+   10% (start-up and model loading excluded).
+4. **pipeline (latency)**: frames produced live at a rate the pipeline
+   sustains (``--latency-load`` of phase 3's rate); capture-to-verdict
+   latency is measured on the verdict topics, capture-to-row from the rows'
+   ``ingested_at`` in ClickHouse.
+
+The JSON keeps ``pipeline_fps``, ``engine_fps``, ``kafka_fps``,
+``p50_capture_to_verdict_ms``, ``p99_capture_to_verdict_ms``,
+``p99_capture_to_row_ms``, ``max_wait_ms`` and ``batch_scoring_ms``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, Producer
+
+from lineguard.config import Settings
+from lineguard.engines.runtime import ScoringEngine
+from lineguard.kafka_admin import consumer_config, ensure_topics, producer_config
+from lineguard.schemas import Frame, ImageLimits, Verdict, new_frame_id, topics
+from lineguard.schemas import image as imagecodec
+
+
+@dataclass
+class PipelineBenchConfig:
+    lines: int = 2
+    frames: int = 300  # per line, throughput phase
+    size: int = 256
+    model_dir: Path | None = None  # folder of model folders; default: a baseline fitted here
+    product: str = "washer"
+    max_batch: int = 16
+    max_wait_ms: int = 50
+    workers: int = 1
+    latency_seconds: float = 15.0
+    latency_load: float = 0.6
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def _render_frames(size: int, n: int, seed: int = 7) -> list[bytes]:
+    """n distinct JPEGs from the synthetic camera (the same bytes for every phase)."""
+    from lineguard.producers.synthetic import SyntheticCamera
+
+    camera = SyntheticCamera(size=size, seed=seed, defect_rate=0.1)
+    return [imagecodec.encode(camera.render(i).image, "jpeg")[0] for i in range(n)]
+
+
+def _frame_bytes(jpeg: bytes, line: str, product: str, seq: int, camera: str) -> bytes:
+    return Frame(frame_id=new_frame_id(), line_id=line, camera_id=camera, product=product,
+                 captured_at_ns=time.time_ns(), seq=seq, encoding="jpeg", image=jpeg).encode()
+
+
+def _consume(settings: Settings, topic_names: list[str], expect: int, timeout_s: float,
+             on_message) -> int:  # noqa: ANN001
+    consumer = Consumer(consumer_config(settings.kafka, f"bench-{uuid.uuid4().hex[:8]}",
+                                        **{"enable.auto.commit": False}))
+    consumer.subscribe(topic_names)
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < expect and time.monotonic() < deadline:
+            msgs = consumer.consume(500, 0.5)
+            for msg in msgs:
+                if msg.error():
+                    continue
+                on_message(msg)
+                seen += 1
+    finally:
+        consumer.close()
+    return seen
+
+
+def measure_kafka(settings: Settings, jpegs: list[bytes], lines: list[str], product: str) -> dict[str, Any]:
+    """Produce every frame and consume it back, no scoring: the transport's ceiling."""
+    n = len(jpegs) * len(lines)
+    ensure_topics(settings.kafka, lines)
+    done = threading.Event()
+    counts = {"seen": 0}
+
+    def reader() -> None:
+        counts["seen"] = _consume(settings, [topics.frames(l) for l in lines], n, 300, lambda m: None)
+        done.set()
+
+    producer = Producer(producer_config(settings.kafka, **{"linger.ms": 5, "compression.type": settings.producer.compression}))
+    thread = threading.Thread(target=reader, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    for i, jpeg in enumerate(jpegs):
+        for line in lines:
+            while True:
+                try:
+                    producer.produce(topics.frames(line), key=b"cam0", value=_frame_bytes(jpeg, line, product, i, "cam0"))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(60)
+    thread.join(330)
+    elapsed = time.perf_counter() - start
+    return {"kafka_fps": counts["seen"] / elapsed, "kafka_frames": counts["seen"], "kafka_s": elapsed}
+
+
+def measure_engine(model_folder: Path, jpegs: list[bytes], batch: int, threads: int = 0) -> dict[str, Any]:
+    """JPEG decode + scoring in batches, as the processor does it, without Kafka."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = ScoringEngine(model_folder, threads=threads)
+    limits = ImageLimits()
+    pool = ThreadPoolExecutor(2)
+
+    def decode(data: bytes) -> np.ndarray:
+        return imagecodec.decode("jpeg", data, limits)
+
+    def run_batch(chunk: list[bytes]) -> None:
+        engine.score(list(pool.map(decode, chunk)))
+
+    run_batch(jpegs[:batch])  # warm-up
+    batch_ms: list[float] = []
+    start = time.perf_counter()
+    for i in range(0, len(jpegs) - batch + 1, batch):
+        t0 = time.perf_counter()
+        run_batch(jpegs[i:i + batch])
+        batch_ms.append((time.perf_counter() - t0) * 1000)
+    elapsed = time.perf_counter() - start
+    pool.shutdown()
+    frames = len(batch_ms) * batch
+    return {"engine_fps": frames / elapsed, "batch_scoring_ms": float(np.median(batch_ms)),
+            "batch_scoring_p99_ms": _percentile(batch_ms, 99), "engine_providers": engine.providers}
+
+
+class _Component:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._fh = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "lineguard.cli", *args], env=env,
+                                     stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+
+def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Path,
+                     jpegs: list[bytes], work: Path) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    lines = [f"bench{tag}-{i + 1}" for i in range(cfg.lines)]
+    ensure_topics(settings.kafka, lines)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
+    env.update({
+        "LINEGUARD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "LINEGUARD_STATE_DIR": str(work / "state"),
+        "LINEGUARD_PROCESSOR__CONSUMER_GROUP": f"bench-{tag}",
+        "LINEGUARD_PROCESSOR__BATCHING__MAX_BATCH": str(cfg.max_batch),
+        "LINEGUARD_PROCESSOR__BATCHING__MAX_WAIT_MS": str(cfg.max_wait_ms),
+        "LINEGUARD_LOG_LEVEL": "WARNING",
+    })
+    producer = Producer(producer_config(settings.kafka, **{"linger.ms": 5}))
+
+    def produce(line: str, jpeg: bytes, seq: int) -> None:
+        while True:
+            try:
+                producer.produce(topics.frames(line), key=f"{line}-cam".encode(),
+                                 value=_frame_bytes(jpeg, line, cfg.product, seq, f"{line}-cam"))
+                return
+            except BufferError:
+                producer.poll(0.05)
+
+    # Phase 3: a backlog, then the processors and the sink.
+    for i, jpeg in enumerate(jpegs):
+        for line in lines:
+            produce(line, jpeg, i)
+    producer.flush(120)
+    n = len(jpegs) * len(lines)
+    arrivals: list[int] = []
+    latency: list[tuple[int, int, str]] = []  # (arrival ns, captured ns, frame id)
+    verdict_topics = [topics.verdicts(l) for l in lines]
+
+    def record(msg) -> None:  # noqa: ANN001
+        now = time.time_ns()
+        verdict = Verdict.decode(msg.value())
+        arrivals.append(now)
+        latency.append((now, verdict.captured_at_ns, verdict.frame_id))
+
+    processors = [
+        _Component(["process", "--lines", ",".join(lines), "--model-dir", str(model_dir)],
+                   {**env, "LINEGUARD_PROCESSOR__PROCESSOR_ID": f"bench-{tag}-{w}"}, work / f"processor-{w}.log")
+        for w in range(cfg.workers)
+    ]
+    sink = _Component(["sink", "clickhouse", "--lines", ",".join(lines)], env, work / "sink.log")
+    try:
+        seen = _consume(settings, verdict_topics, n, 900, record)
+        if seen < n:
+            raise RuntimeError(f"only {seen} of {n} verdicts arrived; see {work}")
+        arrivals.sort()
+        skip = max(1, n // 10)
+        pipeline_fps = (n - skip) / ((arrivals[-1] - arrivals[skip]) / 1e9)
+
+        # Phase 4: live frames at a rate the pipeline sustains.
+        rate = max(1.0, cfg.latency_load * pipeline_fps)
+        live: list[tuple[int, int, str]] = []
+        expected = int(rate * cfg.latency_seconds)
+        def record_live(msg) -> None:  # noqa: ANN001
+            verdict = Verdict.decode(msg.value())
+            live.append((time.time_ns(), verdict.captured_at_ns, verdict.frame_id))
+
+        reader = threading.Thread(
+            target=lambda: _consume(settings, verdict_topics, n + expected, cfg.latency_seconds + 120, record_live),
+            daemon=True)
+        reader.start()
+        time.sleep(2.0)  # the reader joins and catches up to the backlog's verdicts first
+        start = time.monotonic()
+        for k in range(expected):
+            due = start + k / rate
+            while (delay := due - time.monotonic()) > 0:
+                producer.poll(min(delay, 0.01))
+            produce(lines[k % len(lines)], jpegs[k % len(jpegs)], n + k)
+            producer.poll(0)
+        producer.flush(60)
+        reader.join(cfg.latency_seconds + 150)
+        capture_start = time.time_ns() - int((time.monotonic() - start) * 1e9)
+        live_lat = [(a - c) / 1e6 for a, c, _ in live if c >= capture_start - 1]
+        time.sleep(3.0)  # the sink's flush interval
+    finally:
+        for proc in processors:
+            proc.stop()
+        sink.stop()
+
+    from lineguard.sinks.clickhouse import ChdbStore
+
+    store = ChdbStore(work / "state" / "chdb")
+    try:
+        rows = store.query(
+            f"SELECT dateDiff('millisecond', captured_at, ingested_at) AS ms FROM {store.database}.verdicts FINAL "
+            f"WHERE captured_at_ns >= {capture_start} AND line_id IN ({', '.join(repr(l) for l in lines)})")
+        total_rows = store.query(f"SELECT count() AS n FROM {store.database}.verdicts FINAL")[0]["n"]
+    finally:
+        store.close()
+    row_lat = [float(r["ms"]) for r in rows]
+    return {
+        "pipeline_fps": pipeline_fps,
+        "pipeline_frames": n,
+        "latency_rate_fps": rate,
+        "latency_frames": len(live_lat),
+        "p50_capture_to_verdict_ms": _percentile(live_lat, 50),
+        "p99_capture_to_verdict_ms": _percentile(live_lat, 99),
+        "p50_capture_to_row_ms": _percentile(row_lat, 50),
+        "p99_capture_to_row_ms": _percentile(row_lat, 99),
+        "rows_in_clickhouse": int(total_rows),
+        "workers": cfg.workers,
+    }
+
+
+def run(settings: Settings, cfg: PipelineBenchConfig) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="lineguard-bench-"))
+    model_dir = cfg.model_dir
+    if model_dir is None:
+        from lineguard.engines.training import train
+        from lineguard.producers.synthetic import SyntheticCamera
+
+        data = work / "data"
+        SyntheticCamera(product=cfg.product, size=cfg.size, seed=1).write_mvtec(data, 60, 2, 2)
+        model_dir = work / "models"
+        train("baseline", data, model_dir / cfg.product, name=cfg.product, version="bench")
+    jpegs = _render_frames(cfg.size, cfg.frames)
+    tag = uuid.uuid4().hex[:6]
+    result: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
+                              "cpu_count": os.cpu_count(), "max_wait_ms": cfg.max_wait_ms,
+                              "frame_bytes_mean": float(np.mean([len(j) for j in jpegs]))}
+    result.update(measure_kafka(settings, jpegs, [f"benchraw{tag}-{i + 1}" for i in range(cfg.lines)], cfg.product))
+    result.update(measure_engine(model_dir / cfg.product, jpegs * cfg.lines, cfg.max_batch))
+    result.update(measure_pipeline(settings, cfg, model_dir, jpegs, work))
+    result["pipeline_share_of_engine"] = result["pipeline_fps"] / result["engine_fps"]
+    result["pipeline_share_of_kafka"] = result["pipeline_fps"] / result["kafka_fps"]
+    result["latency_budget_ms"] = cfg.max_wait_ms + 3 * result["batch_scoring_ms"]
+    result["work_dir"] = str(work)
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = [
+        ("raw Kafka (produce + consume, no scoring)", f"{result['kafka_fps']:.1f} frames/s", ""),
+        ("engine alone (decode + score, batch {})".format(result["config"]["max_batch"]),
+         f"{result['engine_fps']:.1f} frames/s", f"batch {result['batch_scoring_ms']:.1f} ms (median)"),
+        ("pipeline (producers → Kafka → processor → ClickHouse)", f"{result['pipeline_fps']:.1f} frames/s",
+         f"{100 * result['pipeline_share_of_engine']:.0f}% of engine, {100 * result['pipeline_share_of_kafka']:.0f}% of Kafka"),
+        (f"capture → verdict at {result['latency_rate_fps']:.0f} frames/s",
+         f"p50 {result['p50_capture_to_verdict_ms']:.0f} ms, p99 {result['p99_capture_to_verdict_ms']:.0f} ms",
+         f"budget max_wait + 3 x batch = {result['latency_budget_ms']:.0f} ms"),
+        ("capture → row in ClickHouse", f"p50 {result['p50_capture_to_row_ms']:.0f} ms, "
+         f"p99 {result['p99_capture_to_row_ms']:.0f} ms", "sink flush interval included"),
+    ]
+    out = ["| measured | figure | note |", "|---|---|---|"]
+    out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(out)
+
+
+def write_outputs(result: dict[str, Any], json_path: str | None) -> None:
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2, default=str))
+        Path(json_path).with_suffix(".md").write_text(markdown(result) + "\n")
