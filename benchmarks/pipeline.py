@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,6 +35,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, Producer
 
+from lineguard.components import Component, component_env
 from lineguard.config import Settings
 from lineguard.engines.runtime import ScoringEngine
 from lineguard.kafka_admin import consumer_config, ensure_topics, producer_config
@@ -154,38 +152,18 @@ def measure_engine(model_folder: Path, jpegs: list[bytes], batch: int, threads: 
             "batch_scoring_p99_ms": _percentile(batch_ms, 99), "engine_providers": engine.providers}
 
 
-class _Component:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._fh = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lineguard.cli", *args], env=env,
-                                     stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._fh.close()
-
-
 def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Path,
                      jpegs: list[bytes], work: Path) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     lines = [f"bench{tag}-{i + 1}" for i in range(cfg.lines)]
     ensure_topics(settings.kafka, lines)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
-    env.update({
-        "LINEGUARD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "LINEGUARD_STATE_DIR": str(work / "state"),
-        "LINEGUARD_PROCESSOR__CONSUMER_GROUP": f"bench-{tag}",
-        "LINEGUARD_PROCESSOR__BATCHING__MAX_BATCH": str(cfg.max_batch),
-        "LINEGUARD_PROCESSOR__BATCHING__MAX_WAIT_MS": str(cfg.max_wait_ms),
-        "LINEGUARD_LOG_LEVEL": "WARNING",
-    })
+    env = component_env(
+        settings.kafka.bootstrap_servers, work / "state",
+        LINEGUARD_PROCESSOR__CONSUMER_GROUP=f"bench-{tag}",
+        LINEGUARD_PROCESSOR__BATCHING__MAX_BATCH=str(cfg.max_batch),
+        LINEGUARD_PROCESSOR__BATCHING__MAX_WAIT_MS=str(cfg.max_wait_ms),
+        LINEGUARD_LOG_LEVEL="WARNING",
+    )
     producer = Producer(producer_config(settings.kafka, **{"linger.ms": 5}))
 
     def produce(line: str, jpeg: bytes, seq: int) -> None:
@@ -214,11 +192,11 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         latency.append((now, verdict.captured_at_ns, verdict.frame_id))
 
     processors = [
-        _Component(["process", "--lines", ",".join(lines), "--model-dir", str(model_dir)],
+        Component(["process", "--lines", ",".join(lines), "--model-dir", str(model_dir)],
                    {**env, "LINEGUARD_PROCESSOR__PROCESSOR_ID": f"bench-{tag}-{w}"}, work / f"processor-{w}.log")
         for w in range(cfg.workers)
     ]
-    sink = _Component(["sink", "clickhouse", "--lines", ",".join(lines)], env, work / "sink.log")
+    sink = Component(["sink", "clickhouse", "--lines", ",".join(lines)], env, work / "sink.log")
     try:
         seen = _consume(settings, verdict_topics, n, 900, record)
         if seen < n:

@@ -106,7 +106,7 @@ def _spawn_detached(cmd: list[str], log_file: Path, pid_file: Path, env: dict[st
         out.flush()
         launcher = 'pid_file=$1; shift; "$@" & echo $! > "$pid_file"'
         subprocess.run(
-            ["sh", "-c", launcher, "sh", str(pid_file), *cmd],
+            ["/bin/sh", "-c", launcher, "sh", str(pid_file), *cmd],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -126,8 +126,13 @@ def _rotate(log_file: Path, max_bytes: int = 64 * MiB) -> None:
 
 
 def _signal_group(pid: int, sig: int) -> None:
+    """Signal the service's process group (its own session), never the caller's."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(os.getpgid(pid), sig)
+        group = os.getpgid(pid)
+        if group == os.getpgrp():
+            os.kill(pid, sig)
+        else:
+            os.killpg(group, sig)
 
 
 def _stop_process(name: str, pid_file: Path, marker: str, timeout_s: float) -> bool:

@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--calibration-images", type=int, default=32)
     x.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax")
     x.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
-    x.add_argument("--reduce-range", action="store_true",
-                   help="7-bit weights: avoids u8s8 saturation on AVX2 CPUs without VNNI, at some precision")
+    x.add_argument("--full-range", action="store_true",
+                   help="8-bit weights instead of 7-bit; only for CPUs with VNNI (or GPUs): on AVX2 without VNNI "
+                        "uint8 x int8 products saturate and the INT8 model breaks")
     x.set_defaults(handler=_export)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,6 +157,60 @@ class SinkConfig(_Section):
     object_store: ObjectStoreConfig = ObjectStoreConfig()
 
 
+_SHIFT = re.compile(r"^([01]\d|2[0-3])(?::([0-5]\d))?-([01]\d|2[0-4])(?::([0-5]\d))?$")
+
+
+def parse_shift(spec: str) -> tuple[int, int]:
+    """``"06-14"`` or ``"22:30-06:30"`` (UTC) -> (start minute, end minute) of the day."""
+    m = _SHIFT.match(spec.strip())
+    if not m:
+        raise ValueError(f"shift {spec!r} must look like HH-HH or HH:MM-HH:MM (UTC)")
+    start = int(m.group(1)) * 60 + int(m.group(2) or 0)
+    end = (int(m.group(3)) * 60 + int(m.group(4) or 0)) % (24 * 60)
+    if start == end:
+        raise ValueError(f"shift {spec!r} is empty")
+    return start, end
+
+
+class AnalyticsConfig(_Section):
+    # Production shifts in UTC; together they must cover the day exactly once.
+    shifts: list[str] = Field(default_factory=lambda: ["06-14", "14-22", "22-06"])
+
+    @field_validator("shifts")
+    @classmethod
+    def _shifts_cover_the_day(cls, v: list[str]) -> list[str]:
+        covered = [0] * (24 * 60)
+        for spec in v:
+            start, end = parse_shift(spec)
+            minute = start
+            while minute != end:
+                covered[minute] += 1
+                minute = (minute + 1) % (24 * 60)
+        if any(c != 1 for c in covered):
+            raise ValueError(f"shifts {v} must cover every minute of the day exactly once")
+        return [s.strip() for s in v]
+
+
+class ApiConfig(_Section):
+    """``lineguard serve``: the synchronous inspection API and the operator dashboard."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (printed at start)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_keys_file: Path | None = None  # one key per line; '#' starts a comment
+    max_upload_bytes: int = Field(default=8 * MiB, ge=1024)
+    max_pixels: int = Field(default=16_000_000, ge=256)
+
+    def keys(self) -> list[str]:
+        """Every accepted key (settings and file together); empty keys are ignored."""
+        keys = [k.get_secret_value().strip() for k in self.api_keys]
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                keys.append(line)
+        return [k for k in keys if k]
+
+
 class StackConfig(_Section):
     kafka_version: str = "4.1.1"
     versitygw_version: str = "v1.7.0"
@@ -179,6 +234,8 @@ class Settings(BaseSettings):
     processor: ProcessorConfig = ProcessorConfig()
     sinks: SinkConfig = SinkConfig()
     stack: StackConfig = StackConfig()
+    analytics: AnalyticsConfig = AnalyticsConfig()
+    api: ApiConfig = ApiConfig()
 
     @classmethod
     def settings_customise_sources(

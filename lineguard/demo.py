@@ -15,14 +15,11 @@ machine-readable: ``demo: frames=<n> verdicts=<n> deadletter=<n> heatmaps=<n>``.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from .components import Component, component_env
 from .config import Settings
 from .logs import get_logger
 
@@ -30,56 +27,30 @@ log = get_logger("lineguard.demo")
 PRODUCT = "washer"
 
 
-class _Procs:
-    """Child processes with their logs in the state folder; all stopped on exit."""
+class _Children:
+    """The demo's child processes, logs under ``<state>/logs``; all stopped on the way out."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.env = {**os.environ, "LINEGUARD_STATE_DIR": str(state_dir)}
+        self.env = component_env(state_dir=state_dir)
         self.log_dir = state_dir / "logs"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.running: dict[str, subprocess.Popen] = {}
+        self.running: dict[str, Component] = {}
 
-    def _cmd(self, args: list[str]) -> list[str]:
-        return [sys.executable, "-m", "lineguard.cli", *args]
+    def start(self, name: str, args: list[str]) -> Component:
+        self.running[name] = Component(args, self.env, self.log_dir / f"demo-{name}.log")
+        return self.running[name]
 
     def run(self, name: str, args: list[str], timeout: float = 600) -> str:
-        """Run to completion; return stdout; raise with the log tail on failure."""
-        out = subprocess.run(self._cmd(args), env=self.env, capture_output=True, text=True, timeout=timeout)
-        (self.log_dir / f"demo-{name}.log").write_text(out.stdout + out.stderr)
-        if out.returncode != 0:
-            raise RuntimeError(f"{name} failed ({out.returncode}):\n{out.stderr[-2000:]}")
-        return out.stdout
-
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
-        logfile = open(self.log_dir / f"demo-{name}.log", "w")
-        proc = subprocess.Popen(self._cmd(args), env=self.env, stdout=logfile, stderr=subprocess.STDOUT)
-        self.running[name] = proc
-        return proc
-
-    def stop(self, name: str, timeout: float = 30) -> int | None:
-        proc = self.running.pop(name, None)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-    def wait(self, name: str, timeout: float) -> int:
-        proc = self.running.pop(name)
-        return proc.wait(timeout)
-
-    def log_tail(self, name: str, lines: int = 20) -> str:
-        path = self.log_dir / f"demo-{name}.log"
-        return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
+        """Run to completion; raise with the log tail on failure."""
+        child = self.start(name, args)
+        code = child.wait(timeout)
+        del self.running[name]
+        if code != 0:
+            raise RuntimeError(f"{name} failed ({code}):\n{child.tail(30)}")
+        return child.output()
 
     def stop_all(self) -> None:
         for name in list(self.running):
-            self.stop(name)
+            self.running.pop(name).stop()
 
 
 def _produce_bad_frames(settings: Settings, line: str) -> int:
@@ -106,7 +77,7 @@ def _produce_bad_frames(settings: Settings, line: str) -> int:
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from .deploy.stack import LocalStack
-    from .kafka_admin import count_messages, ensure_topics
+    from .kafka_admin import count_messages, ensure_topics, group_lag
     from .schemas import topics
 
     started = time.time()
@@ -114,7 +85,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     lines = [f"line{i + 1}" for i in range(args.lines)]
     demo_dir = state / "demo"
     models = demo_dir / "models"
-    procs = _Procs(state)
+    procs = _Children(state)
 
     print(f"[1/7] starting the local Kafka broker (state in {state})", flush=True)
     stack = LocalStack.from_settings(settings)
@@ -139,7 +110,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
                             "--name", PRODUCT])
 
         print("[3/7] starting a processor worker and the ClickHouse and heatmap sinks", flush=True)
-        procs.start("processor", ["process", "--lines", ",".join(lines), "--model-dir", str(models)])
+        processor = procs.start("processor", ["process", "--lines", ",".join(lines), "--model-dir", str(models)])
         procs.start("sink-clickhouse", ["sink", "clickhouse", "--lines", ",".join(lines)])
         procs.start("sink-heatmaps", ["sink", "heatmaps", "--lines", ",".join(lines)])
 
@@ -154,11 +125,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         }
         bad = _produce_bad_frames(settings, lines[0])
         sent = bad
-        for line in producers:
-            code = procs.wait(f"produce-{line}", timeout=600)
-            match = re.search(r"delivered=(\d+)", procs.log_tail(f"produce-{line}", 5))
+        for line, child in producers.items():
+            code = child.wait(timeout=600)
+            match = re.search(r"delivered=(\d+)", child.tail(5))
             if code != 0 or not match:
-                raise RuntimeError(f"producer for {line} failed:\n{procs.log_tail(f'produce-{line}')}")
+                raise RuntimeError(f"producer for {line} failed:\n{child.tail()}")
             sent += int(match.group(1))
 
         print("[5/7] waiting for every frame to get a verdict or a dead letter", flush=True)
@@ -168,19 +139,21 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             dead = delta(topics.DEADLETTER)
             if verdicts + dead >= sent:
                 break
-            if procs.running["processor"].poll() is not None:
-                raise RuntimeError(f"the processor exited:\n{procs.log_tail('processor')}")
+            if not processor.alive():
+                raise RuntimeError(f"the processor exited:\n{processor.tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out: {verdicts} verdicts + {dead} dead letters of {sent} frames")
             time.sleep(0.5)
 
         print("[6/7] draining the sinks", flush=True)
-        time.sleep(max(2.0, settings.sinks.flush_interval_ms / 1000 * 2))
-        procs.stop("processor")
-        for name in ("sink-clickhouse", "sink-heatmaps"):
-            procs.stop(name)
-            log.debug("%s: %s", name, procs.log_tail(name, 2))
-    finally:
+        verdict_topics = [topics.verdicts(l) for l in lines]
+        heatmap_topics = [topics.heatmaps(l) for l in lines]
+        while (group_lag(settings.kafka, "lineguard-sink-clickhouse", verdict_topics)
+               + group_lag(settings.kafka, "lineguard-sink-heatmaps", heatmap_topics)) > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("timed out waiting for the sinks to commit every verdict and heatmap")
+            time.sleep(0.5)
+    finally:  # SIGTERM: the processor and the sinks finish their batch and commit
         procs.stop_all()
 
     print("[7/7] per-line figures from ClickHouse", flush=True)

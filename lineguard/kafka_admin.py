@@ -182,3 +182,24 @@ def topic_end_offsets(kafka_cfg: KafkaConfig, topic: str, timeout_s: float = 10.
 def count_messages(kafka_cfg: KafkaConfig, topic: str, timeout_s: float = 10.0) -> int:
     """Messages currently retained in ``topic``: the sum of high minus low watermarks."""
     return sum(high - low for low, high in _watermarks(kafka_cfg, topic, timeout_s).values())
+
+
+def group_lag(kafka_cfg: KafkaConfig, group: str, topic_names: Iterable[str], timeout_s: float = 10.0) -> int:
+    """Messages of ``topic_names`` not yet committed by consumer group ``group`` (its lag).
+
+    A partition the group never committed counts from its low watermark, so a
+    group that has not started yet shows the whole backlog.
+    """
+    lag = 0
+    consumer = Consumer(consumer_config(kafka_cfg, group, **{"enable.auto.commit": False}))
+    try:
+        for topic in topic_names:
+            marks = _watermarks(kafka_cfg, topic, timeout_s)
+            committed = consumer.committed([TopicPartition(topic, p) for p in marks], timeout=timeout_s)
+            for tp in committed:
+                low, high = marks[tp.partition]
+                position = tp.offset if tp.offset >= 0 else low
+                lag += max(0, high - position)
+    finally:
+        consumer.close()
+    return lag

@@ -10,6 +10,8 @@ producer can add fields without breaking older consumers.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -28,9 +30,25 @@ def new_frame_id() -> str:
     return uuid.uuid4().hex
 
 
-# Field specs: name -> (accepted python types, required). bool is a subclass of
-# int in Python, so integer fields reject it explicitly.
+# Field specs: name -> (accepted python types, required), derived from each
+# message's dataclass annotations (see _spec_of). bool is a subclass of int in
+# Python, so integer fields reject it explicitly.
 _Spec = dict[str, tuple[tuple[type, ...], bool]]
+# What msgpack may hand back for an annotated type: an int where a float is declared, a list for a tuple.
+_WIRE_TYPES: dict[type, tuple[type, ...]] = {float: (float, int), list: (list, tuple)}
+
+
+def _spec_of(cls: type) -> _Spec:
+    """The decode spec of a message dataclass: ``X | None`` fields are optional, the rest required."""
+    hints = typing.get_type_hints(cls)
+    spec: _Spec = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        (base,) = [a for a in args if a is not type(None)]
+        origin = typing.get_origin(base) or base
+        spec[f.name] = (_WIRE_TYPES.get(origin, (origin,)), type(None) not in args)
+    return spec
 
 
 def _check(kind: str, doc: Any, spec: _Spec, version: int) -> dict[str, Any]:
@@ -83,7 +101,7 @@ def _unpack(kind: str, data: bytes, max_bytes: int | None = None) -> Any:
 class _Message:
     KIND: ClassVar[str]
     VERSION: ClassVar[int] = 1
-    SPEC: ClassVar[_Spec]
+    SPEC: ClassVar[_Spec]  # set below each class from its annotations
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -107,21 +125,6 @@ class Frame(_Message):
     """One camera image. Key on the wire: ``camera_id`` (keeps a camera's frames in order)."""
 
     KIND: ClassVar[str] = "Frame"
-    SPEC: ClassVar[_Spec] = {
-        "schema_version": ((int,), True),
-        "frame_id": ((str,), True),
-        "line_id": ((str,), True),
-        "camera_id": ((str,), True),
-        "product": ((str,), True),
-        "captured_at_ns": ((int,), True),
-        "seq": ((int,), True),
-        "encoding": ((str,), True),
-        "image": ((bytes,), True),
-        "dtype": ((str,), False),
-        "shape": ((list, tuple), False),
-        "meta": ((dict,), False),
-    }
-
     frame_id: str
     line_id: str
     camera_id: str
@@ -166,26 +169,6 @@ class Verdict(_Message):
     """The processor's judgement of one frame: what MES systems consume."""
 
     KIND: ClassVar[str] = "Verdict"
-    SPEC: ClassVar[_Spec] = {
-        "schema_version": ((int,), True),
-        "frame_id": ((str,), True),
-        "line_id": ((str,), True),
-        "camera_id": ((str,), True),
-        "product": ((str,), True),
-        "seq": ((int,), True),
-        "captured_at_ns": ((int,), True),
-        "scored_at_ns": ((int,), True),
-        "model_name": ((str,), True),
-        "model_version": ((str,), True),
-        "score": ((float, int), True),
-        "threshold": ((float, int), True),
-        "is_defective": ((bool,), True),
-        "heatmap_key": ((str,), False),
-        "queue_wait_ms": ((float, int), True),
-        "inference_ms": ((float, int), True),
-        "processor_id": ((str,), True),
-    }
-
     frame_id: str
     line_id: str
     camera_id: str
@@ -210,16 +193,6 @@ class Heatmap(_Message):
     """An encoded heatmap overlay, published for the heatmap sink to store under ``key``."""
 
     KIND: ClassVar[str] = "Heatmap"
-    SPEC: ClassVar[_Spec] = {
-        "schema_version": ((int,), True),
-        "frame_id": ((str,), True),
-        "line_id": ((str,), True),
-        "key": ((str,), True),
-        "content_type": ((str,), True),
-        "data": ((bytes,), True),
-        "captured_at_ns": ((int,), True),
-    }
-
     frame_id: str
     line_id: str
     key: str
@@ -234,21 +207,6 @@ class DeadLetter(_Message):
     """A message that could not be processed, with where it came from and why."""
 
     KIND: ClassVar[str] = "DeadLetter"
-    SPEC: ClassVar[_Spec] = {
-        "schema_version": ((int,), True),
-        "source_topic": ((str,), True),
-        "partition": ((int,), True),
-        "offset": ((int,), True),
-        "reason": ((str,), True),
-        "error": ((str,), True),
-        "raw": ((bytes,), True),
-        "raw_size": ((int,), True),
-        "failed_at_ns": ((int,), True),
-        "component": ((str,), True),
-        "frame_id": ((str,), False),
-        "line_id": ((str,), False),
-    }
-
     source_topic: str
     partition: int
     offset: int
@@ -292,3 +250,7 @@ class DeadLetter(_Message):
             frame_id=frame_id,
             line_id=line_id,
         )
+
+
+for _message in (Frame, Verdict, Heatmap, DeadLetter):
+    _message.SPEC = _spec_of(_message)

@@ -2,60 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Callable, TypeVar
 
 from confluent_kafka import Consumer, TopicPartition
 
 from lineguard.config import KafkaConfig
+from lineguard.components import Component, component_env  # noqa: F401 - re-exported for the tests
 from lineguard.kafka_admin import consumer_config
 
 T = TypeVar("T")
-
-
-class Component:
-    """A ``lineguard ...`` subprocess with its output in a log file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lineguard.cli", *args], env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
-def component_env(kafka_bootstrap: str, state_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
-    env.update({"LINEGUARD_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap, "LINEGUARD_STATE_DIR": str(state_dir)})
-    env.update(extra)
-    return env
 
 
 def read_topics(kafka: KafkaConfig, topic_names: list[str], decode: Callable[[bytes], T], expect: int,

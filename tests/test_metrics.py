@@ -81,6 +81,28 @@ def test_coreset_picks_farthest_points() -> None:
         greedy_coreset(points, 6, progress=False)
 
 
+def _brute_force_coreset(points: np.ndarray, k: int, start: int) -> list[int]:
+    """The textbook algorithm with the full distance matrix: fine for a few hundred points."""
+    dist = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=2)
+    picks = [start]
+    nearest = dist[start].copy()
+    for _ in range(k - 1):
+        picks.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, dist[picks[-1]])
+    return picks
+
+
+def test_coreset_pruning_matches_brute_force() -> None:
+    # Clustered data (like CNN patch features): the triangle-inequality pruning skips most rows
+    # after the first picks, and must still choose exactly what the full computation chooses.
+    rng = np.random.default_rng(5)
+    centres = rng.normal(0, 4, (12, 6))
+    points = (centres[rng.integers(0, 12, 400)] + rng.normal(0, 0.5, (400, 6))).astype(np.float64)
+    expected = _brute_force_coreset(points, 60, start=17)
+    got = greedy_coreset(points.astype(np.float32), 60, start_index=17, projection_dim=None, progress=False)
+    assert got.tolist() == expected
+
+
 def test_coreset_projection_keeps_coverage() -> None:
     # Two far clusters in 512-D: any good coreset of 2 has one point in each, projected or not.
     rng = np.random.default_rng(0)

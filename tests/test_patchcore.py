@@ -102,8 +102,21 @@ def test_train_cli_writes_manifest_with_backbone(tmp_path: Path) -> None:
     assert len(manifest["backbone"]["weights_sha256"]) == 64
     assert manifest["extra"]["coreset_ratio"] == 0.1
     engine = ScoringEngine(out)
-    scores, maps = engine.score([normal_image(np.random.default_rng(5), SIZE)])
-    assert scores.shape == (1,) and maps.shape == (1, 1, SIZE, SIZE)
+    rng = np.random.default_rng(5)
+    normals = [normal_image(rng, SIZE) for _ in range(4)]
+    defects = [defect_image(rng, SIZE, kind)[0] for kind in ("blob", "scratch", "blob", "scratch")]
+    scores, maps = engine.score(normals + defects)
+    assert scores.shape == (8,) and maps.shape == (8, 1, SIZE, SIZE)
+    assert scores[4:].min() > scores[:4].max()
+
+    # INT8: only the backbone is quantised; the ranking of normal vs defective images must survive.
+    assert main(["export", "--model", str(out), "--int8", "--calibration-images", "8"]) == 0
+    info = json.loads((out / "manifest.json").read_text())["extra"]["int8"]
+    assert info["quantised_nodes"] > 30 and info["reduce_range"] is True
+    int8 = ScoringEngine(out, onnx_file="model.int8.onnx")
+    int8_scores, _ = int8.score(normals + defects)
+    assert int8_scores[4:].min() > int8_scores[:4].max()
+    assert np.abs(int8_scores / scores - 1.0).max() < 0.5
 
 
 def test_unknown_option_is_rejected() -> None:

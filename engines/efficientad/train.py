@@ -13,7 +13,9 @@ teacher            backbone                    ``backbone``: frozen backbone cut
                                                (option b); ``distilled``: PDN-S distilled from
                                                the backbone on the training images (option a)
 teacher_layers     (see TEACHER_LAYERS)        backbone layers making the teacher features
-channels           384                         distilled teacher width (feature dims pooled to it)
+weights_path       none                        backbone weight file (else the installed package's)
+channels           384                         distilled teacher width: the target's feature dims
+                                               are average-pooled to it when there are more
 steps              1000                        student/autoencoder optimiser steps
 distill_steps      1000                        teacher distillation steps (``distilled`` only)
 batch_size         1                           images per step (the paper uses 1)
@@ -74,11 +76,12 @@ TEACHER_LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def _feature_extractor(backbone: str, layers: Sequence[str]) -> tuple[nn.Module, dict[str, Any]]:
+def _feature_extractor(backbone: str, layers: Sequence[str],
+                       weights_path: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """``module(x) -> [features per layer]`` from the shared offline backbones, plus manifest info."""
     from ..common.backbones import FeatureExtractor, backbone_info, load_backbone
 
-    extractor = FeatureExtractor(load_backbone(backbone), list(layers))
+    extractor = FeatureExtractor(load_backbone(backbone, weights_path), list(layers))
 
     class _AsList(nn.Module):
         def __init__(self) -> None:
@@ -89,7 +92,7 @@ def _feature_extractor(backbone: str, layers: Sequence[str]) -> tuple[nn.Module,
             out = self.inner(x)
             return list(out.values()) if isinstance(out, dict) else list(out)
 
-    return _AsList().eval(), backbone_info(backbone, layers)
+    return _AsList().eval(), backbone_info(backbone, layers, weights_path)
 
 
 def _augment(x01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -119,8 +122,13 @@ def hard_feature_loss(teacher: torch.Tensor, student: torch.Tensor, quantile: fl
     """
     distance = (teacher - student).pow(2)
     flat = distance.detach().flatten()
-    k = max(1, min(flat.numel(), int(math.ceil(quantile * flat.numel()))))
-    threshold = flat.kthvalue(k).values
+    # torch.quantile's linear interpolation (what the reference code uses), via kthvalue because
+    # torch.quantile refuses inputs over 16M elements (a batch of 14 at 256 px).
+    position = quantile * (flat.numel() - 1)
+    low = int(math.floor(position))
+    v_low = flat.kthvalue(low + 1).values
+    v_high = flat.kthvalue(min(low + 2, flat.numel())).values
+    threshold = v_low + (position - low) * (v_high - v_low)
     return distance[distance >= threshold].mean()
 
 
@@ -153,7 +161,8 @@ class EfficientAD(AnomalyModel):
                  steps: int = 1000, distill_steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
                  weight_decay: float = 1e-5, single_pass: bool = True, crop_size: int = 128,
                  val_fraction: float = 0.1, checkpoint_dir: str | None = None, checkpoint_every: int = 100,
-                 progress: bool = True, seed: int = 0, norm_images: int = 64) -> None:
+                 progress: bool = True, seed: int = 0, norm_images: int = 64,
+                 weights_path: str | None = None) -> None:
         from ..common.backbones import get_spec
 
         size = tuple(int(v) for v in (input_size if isinstance(input_size, (list, tuple)) else (input_size,) * 2))
@@ -165,6 +174,7 @@ class EfficientAD(AnomalyModel):
         super().__init__(size, spec.mean, spec.std)
         self.size = size[0]
         self.backbone_name = backbone
+        self.weights_path = weights_path
         self.teacher_kind = teacher
         if teacher_layers is None:
             if backbone not in TEACHER_LAYERS:
@@ -237,7 +247,7 @@ class EfficientAD(AnomalyModel):
     # ------------------------------------------------------------------ teacher
     def _build_teacher(self, data: torch.Tensor, state: dict[str, Any] | None) -> nn.Module:
         out_size = pdn_output_size(self.size)
-        extract, info = _feature_extractor(self.backbone_name, self.teacher_layers)
+        extract, info = _feature_extractor(self.backbone_name, self.teacher_layers, self.weights_path)
         frozen = BackboneTeacher(extract, self.size, out_size).eval()
         self.backbone_info = dict(info, teacher=self.teacher_kind)
         if self.teacher_kind == "backbone":
