@@ -41,7 +41,9 @@ stack-up: stack-deps
 stack-down:
 	-$(BIN)/lineguard stack down
 
-demo: stack-deps
+# The demo runs on the embedded defaults (chdb, local heatmap folder): Kafka is all it needs.
+demo: $(STAMP)
+	$(BIN)/lineguard stack fetch --no-s3
 	$(BIN)/lineguard demo
 
 test: stack-deps train-deps

@@ -24,6 +24,8 @@ _COMMAND_MODULES = (
     "lineguard.engines.cli",      # train, eval, export
     "lineguard.demo",             # demo
     "lineguard.benchmarks.cli",   # bench engine|pipeline|anomalib
+    "lineguard.analytics.cli",    # report, roi
+    "lineguard.api.cli",          # serve, tail
 )
 
 

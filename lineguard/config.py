@@ -49,6 +49,8 @@ class KafkaConfig(_Section):
     sasl_password: SecretStr | None = None
     sasl_password_file: Path | None = None
     ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None  # client certificate (PEM) for brokers that require mutual TLS
+    ssl_keyfile: Path | None = None   # its private key (PEM)
     # Images are big: every hop (broker, topic, producer, consumer) is raised to this.
     message_max_bytes: int = Field(default=16 * MiB, ge=1 * MiB, le=256 * MiB)
     frame_partitions: int = Field(default=2, ge=1, le=1024)
@@ -67,10 +69,25 @@ class KafkaConfig(_Section):
             conf["sasl.password"] = _read_secret(self.sasl_password, self.sasl_password_file) or ""
         if self.ssl_cafile:
             conf["ssl.ca.location"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            conf["ssl.certificate.location"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            conf["ssl.key.location"] = str(self.ssl_keyfile)
         return conf
 
     def password(self) -> str | None:
         return _read_secret(self.sasl_password, self.sasl_password_file)
+
+    def ssl_context(self) -> Any:
+        """An ``ssl.SSLContext`` for the asyncio clients (faust/aiokafka), or None without TLS."""
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_certfile:
+            context.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None)
+        return context
 
 
 class LimitsConfig(_Section):
@@ -88,6 +105,7 @@ class ProducerConfig(_Section):
     linger_ms: int = Field(default=5, ge=0)
     delivery_timeout_ms: int = Field(default=120_000, ge=1000)
     jpeg_quality: int = Field(default=92, ge=10, le=100)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
 
 
 class BatchingConfig(_Section):
@@ -111,6 +129,10 @@ class ProcessorConfig(_Section):
     model_poll_s: float = Field(default=2.0, gt=0)
     web_port: int = Field(default=0, ge=0, le=65535)
     inference_threads: int = Field(default=0, ge=0)  # 0: all cores
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
+    # A worker that dies is noticed by the group after this long (its partitions then move).
+    session_timeout_s: float = Field(default=10.0, ge=3.0, le=300.0)
+    lag_report_s: float = Field(default=5.0, gt=0)  # how often consumer lag is measured
 
     def batching_for(self, product: str) -> BatchingConfig:
         return self.batching_per_model.get(product, self.batching)
@@ -153,6 +175,8 @@ class SinkConfig(_Section):
     flush_interval_ms: int = Field(default=1000, ge=1)
     retry_initial_ms: int = Field(default=200, ge=1)
     retry_max_ms: int = Field(default=10_000, ge=1)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
+    lag_report_s: float = Field(default=5.0, gt=0)  # how often consumer lag is measured (and logged while retrying)
     clickhouse: ClickHouseConfig = ClickHouseConfig()
     object_store: ObjectStoreConfig = ObjectStoreConfig()
 
@@ -228,6 +252,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".state")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    metrics_host: str = "127.0.0.1"  # address the metrics endpoints bind (0.0.0.0 for a Prometheus elsewhere)
     kafka: KafkaConfig = KafkaConfig()
     limits: LimitsConfig = LimitsConfig()
     producer: ProducerConfig = ProducerConfig()

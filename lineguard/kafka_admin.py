@@ -161,6 +161,17 @@ def _watermarks(kafka_cfg: KafkaConfig, topic: str, timeout_s: float) -> dict[in
         consumer.close()
 
 
+# Answered while a partition's leadership settles (a new topic, a restarted broker);
+# librdkafka does not always flag them retriable for offset requests.
+_TRANSIENT_OFFSET_ERRORS = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+}
+
+
 def _watermark_with_retry(consumer: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
     """Watermarks of one partition, retrying retriable errors (a broker that just restarted
     answers NOT_LEADER_FOR_PARTITION until it has taken its partitions back) until ``deadline``."""
@@ -169,7 +180,8 @@ def _watermark_with_retry(consumer: Consumer, partition: TopicPartition, deadlin
             return consumer.get_watermark_offsets(
                 partition, timeout=max(0.5, deadline - time.monotonic()), cached=False)
         except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in _TRANSIENT_OFFSET_ERRORS) or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
@@ -203,3 +215,32 @@ def group_lag(kafka_cfg: KafkaConfig, group: str, topic_names: Iterable[str], ti
     finally:
         consumer.close()
     return lag
+
+
+class LagProbe:
+    """Per-partition lag of one consumer group, measured from the broker (committed offsets
+    against high watermarks) with one long-lived client, for components that report their
+    lag periodically. The probe never joins the group: it only reads its committed offsets.
+    Blocking; call it from a thread, not from an event loop.
+    """
+
+    def __init__(self, kafka_cfg: KafkaConfig, group: str) -> None:
+        self.group = group
+        self._consumer = Consumer(consumer_config(kafka_cfg, group, **{"enable.auto.commit": False}))
+
+    def lag(self, partitions: Iterable[tuple[str, int]], timeout_s: float = 5.0) -> dict[tuple[str, int], int]:
+        """{(topic, partition): messages after the group's committed offset}. A partition
+        without a committed offset counts from its low watermark (the whole backlog)."""
+        wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
+        if not wanted:
+            return {}
+        deadline = time.monotonic() + timeout_s
+        out: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.committed(wanted, timeout=timeout_s):
+            low, high = _watermark_with_retry(self._consumer, TopicPartition(tp.topic, tp.partition), deadline)
+            start = tp.offset if tp.offset >= 0 else low
+            out[(tp.topic, tp.partition)] = max(0, high - start)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()

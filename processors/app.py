@@ -28,6 +28,7 @@ import faust
 from lineguard.config import Settings
 from lineguard.schemas import DeadLetter, Frame, ImageLimits, Reason, SchemaError, topics
 
+from . import metrics as prom
 from .batching import BatchLimits, MicroBatcher
 from .models import ModelRegistry
 from .scoring import BatchScorer, Outcome, Work
@@ -46,11 +47,7 @@ def faust_broker_settings(settings: Settings) -> dict[str, Any]:
         "producer_acks": -1,
     }
     if kafka.security_protocol != "PLAINTEXT":
-        import ssl
-
-        ssl_context = None
-        if kafka.security_protocol in ("SSL", "SASL_SSL"):
-            ssl_context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+        ssl_context = kafka.ssl_context()  # CA file and client certificate, when TLS is on
         if kafka.sasl_mechanism:
             conf["broker_credentials"] = faust.SASLCredentials(
                 username=kafka.sasl_username, password=kafka.password(),
@@ -78,6 +75,8 @@ class FrameProcessor:
         self.counts: Counter[str] = Counter()
         self.stream: Any = None
         self._last_report = time.monotonic()
+        self.lag = prom.LagReporter(settings.kafka, pconf.consumer_group)
+        prom.PENDING.set_function(lambda: self.counts["frames_in"] - self.counts["acked"])
 
     def _limits_for(self, key: str) -> BatchLimits:
         product = key.split("@", 1)[0]
@@ -88,6 +87,7 @@ class FrameProcessor:
         message = event.message
         received_ns = time.time_ns()
         self.counts["frames_in"] += 1
+        prom.FRAMES_IN.labels(_line_or_topic(message.topic)).inc()
         try:
             frame = Frame.decode(event.value, max_bytes=self.settings.kafka.message_max_bytes)
             topic_line = topics.line_of(message.topic)
@@ -97,13 +97,19 @@ class FrameProcessor:
         except SchemaError as exc:
             await self._dead_letter(event, exc, frame_id=None, line_id=None)
             await self.stream.ack(event)
+            self.counts["acked"] += 1
             return
         await self.batcher.put(f"{frame.product}@{frame.line_id}", Work(frame, received_ns, event))
 
     async def _score(self, key: str, batch: list[Work]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
+        prom.BATCH_SIZE.observe(len(batch))
+        now_ns = time.time_ns()
+        for work in batch:
+            prom.QUEUE_WAIT_SECONDS.observe(max(0.0, (now_ns - work.received_ns) / 1e9))
         try:
-            return await loop.run_in_executor(self.executor, self.scorer.score, batch)
+            with prom.SCORING_SECONDS.time():
+                return await loop.run_in_executor(self.executor, self.scorer.score, batch)
         except Exception as exc:  # e.g. a model file that cannot be loaded: park the frames, don't stall
             log.exception("scoring a batch of %s failed", key)
             error = SchemaError(Reason.SCORING_FAILED, f"{type(exc).__name__}: {exc}")
@@ -128,6 +134,11 @@ class FrameProcessor:
         await asyncio.gather(*sends)
         for outcome in outcomes:
             await self.stream.ack(outcome.work.handle)
+            if outcome.verdict is not None:
+                prom.VERDICTS_OUT.labels(outcome.verdict.line_id).inc()
+                if outcome.heatmap is not None:
+                    prom.HEATMAPS_OUT.labels(outcome.verdict.line_id).inc()
+        self.counts["acked"] += len(outcomes)
         self.counts["batches"] += 1
         self._maybe_report()
 
@@ -141,6 +152,7 @@ class FrameProcessor:
                 return
             except Exception as exc:  # broker down, leader moving, request timed out...
                 self.counts["publish_retries"] += 1
+                prom.PUBLISH_RETRIES.inc()
                 log.warning("publishing to %s failed (%s: %s); retrying in %.1fs", topic, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -157,12 +169,29 @@ class FrameProcessor:
         self.counts["deadletter"] += 1
         log.info("dead letter %s from %s[%d]@%d: %s", error.reason, message.topic, message.partition, message.offset, error)
         await self._publish(topics.DEADLETTER, None, letter.encode())
+        prom.DEAD_LETTERS.labels(error.reason).inc()
 
     def _maybe_report(self, every_s: float = 10.0) -> None:
         now = time.monotonic()
         if now - self._last_report >= every_s:
             self._last_report = now
-            log.info("processed %s", dict(sorted(self.counts.items())))
+            log.info("processed %s; consumer lag %d", dict(sorted(self.counts.items())),
+                     sum(self.lag.last.values()))
+
+    async def measure_lag(self) -> None:
+        """Lag of the partitions this worker holds, from the broker (in a thread: the probe blocks)."""
+        assigned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment()]
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.lag.measure, assigned)
+        except Exception as exc:  # noqa: BLE001 - a broker away for a moment: report next time
+            log.debug("consumer lag unavailable: %s", exc)
+
+
+def _line_or_topic(topic: str) -> str:
+    try:
+        return topics.line_of(topic)
+    except ValueError:
+        return topic
 
 
 def build_app(settings: Settings) -> tuple[faust.App, FrameProcessor]:
@@ -185,6 +214,9 @@ def build_app(settings: Settings) -> tuple[faust.App, FrameProcessor]:
         stream_buffer_maxsize=max(32, 2 * pconf.batching.max_batch),
         broker_max_poll_records=max(16, 2 * pconf.batching.max_batch),
         broker_max_poll_interval=600.0,
+        # A crashed worker's partitions move after this long (faust's default is 60 s).
+        broker_session_timeout=pconf.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, pconf.session_timeout_s / 3),
     )
     processor = FrameProcessor(app, settings)
     frame_topics = [topics.frames(line) for line in pconf.lines]
@@ -201,5 +233,9 @@ def build_app(settings: Settings) -> tuple[faust.App, FrameProcessor]:
     @app.timer(10.0)
     async def report() -> None:
         processor._maybe_report(every_s=10.0)
+
+    @app.timer(pconf.lag_report_s)
+    async def report_lag() -> None:
+        await processor.measure_lag()
 
     return app, processor

@@ -29,6 +29,9 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
         print(f"lineguard: model dir {pconf.model_dir} does not exist (train a model first: lineguard train)")
         return 2
     ensure_topics(settings.kafka, pconf.lines)
+    from lineguard.metrics import serve_metrics
+
+    serve_metrics(pconf.metrics_port, settings.metrics_host, "processor")
     app, _ = build_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
                           override_logging=False)

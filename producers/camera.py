@@ -25,6 +25,7 @@ from lineguard.schemas import Frame, new_frame_id, topics
 from lineguard.schemas.image import encode
 from lineguard.schemas.messages import MAX_META_ITEMS
 
+from . import metrics
 from .sources import SourceImage
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,12 @@ class CameraProducer:
         self._skipped = 0
         self._failure_reasons: Counter[str] = Counter()
         self._closed = False
+        self._m_sent = metrics.FRAMES_SENT.labels(line_id)
+        self._m_delivered = metrics.FRAMES_DELIVERED.labels(line_id)
+        self._m_failed = metrics.FRAMES_FAILED.labels(line_id)
+        self._m_bytes = metrics.FRAME_BYTES.labels(line_id)
+        self._m_queue_full = metrics.QUEUE_FULL_WAITS.labels(line_id)
+        self._m_in_flight = metrics.IN_FLIGHT.labels(line_id)
 
         pconf = settings.producer
         extra: dict[str, Any] = {
@@ -129,13 +136,16 @@ class CameraProducer:
         log.log(level, "kafka client error for camera %s: %s", self.camera_id, err.str())
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        self._m_in_flight.dec()
         if err is None:
             self._delivered += 1
+            self._m_delivered.inc()
             return
         self._record_failure(err.str(), msg.topic(), msg.partition())
 
     def _record_failure(self, reason: str, topic: str | None = None, partition: int | None = None) -> None:
         self._failed += 1
+        self._m_failed.inc()
         self._failure_reasons[reason] += 1
         if self._failure_reasons[reason] == 1 or self._failed % _FAILURE_LOG_EVERY == 0:
             log.error(
@@ -179,6 +189,7 @@ class CameraProducer:
         frame = self.build_frame(image, meta)
         value = frame.encode()
         self._sent += 1
+        self._m_sent.inc()
         problem = None
         if len(frame.image) > self.max_image_bytes:
             problem = (f"image of {len(frame.image)} bytes exceeds limits.max_image_bytes="
@@ -199,10 +210,13 @@ class CameraProducer:
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=self._key, on_delivery=self._on_delivery)
+                self._m_in_flight.inc()
+                self._m_bytes.inc(len(value))
                 break
             except BufferError:
                 # The local queue is full (the broker is slower than the camera, or away):
                 # serve delivery reports to make room, then retry. Back-pressure, not loss.
+                self._m_queue_full.inc()
                 self._producer.poll(0.1)
             except KafkaException as exc:
                 self._record_failure(f"produce refused: {exc.args[0].str()}")

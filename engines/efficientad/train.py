@@ -20,6 +20,7 @@ steps              1000                        student/autoencoder optimiser ste
 distill_steps      1000                        teacher distillation steps (``distilled`` only)
 batch_size         1                           images per step (the paper uses 1)
 lr, weight_decay   1e-4, 1e-5                  Adam; lr x0.1 for the last 5% of steps
+distill_lr         1e-4                        Adam lr of the teacher distillation
 single_pass        true                        ST loss on the augmented image too: one teacher +
                                                one student pass per step instead of two
 crop_size          128                         student/teacher loss on a random crop of this side
@@ -159,6 +160,7 @@ class EfficientAD(AnomalyModel):
     def __init__(self, input_size: Sequence[int] = (256, 256), backbone: str = "efficientnet_lite0",
                  teacher: str = "backbone", teacher_layers: Sequence[str] | None = None, channels: int = 384,
                  steps: int = 1000, distill_steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
+                 distill_lr: float = 1e-4,
                  weight_decay: float = 1e-5, single_pass: bool = True, crop_size: int = 128,
                  val_fraction: float = 0.1, checkpoint_dir: str | None = None, checkpoint_every: int = 100,
                  progress: bool = True, seed: int = 0, norm_images: int = 64,
@@ -185,7 +187,7 @@ class EfficientAD(AnomalyModel):
         self.channels = int(channels)
         self.steps, self.distill_steps = int(steps), int(distill_steps)
         self.batch_size = int(batch_size)
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.lr, self.weight_decay, self.distill_lr = float(lr), float(weight_decay), float(distill_lr)
         self.single_pass = bool(single_pass)
         # A crop must leave a non-empty PDN output and fit in the image; else train on whole images.
         self.crop_size = int(crop_size) if 64 <= int(crop_size) < self.size else 0
@@ -210,7 +212,8 @@ class EfficientAD(AnomalyModel):
                 "layers": self.teacher_layers, "channels": self.channels, "batch_size": self.batch_size,
                 "lr": self.lr, "weight_decay": self.weight_decay, "single_pass": self.single_pass,
                 "crop_size": self.crop_size,
-                "seed": self.seed, "distill_steps": self.distill_steps if self.teacher_kind == "distilled" else 0}
+                "seed": self.seed, "distill_steps": self.distill_steps if self.teacher_kind == "distilled" else 0,
+                "distill_lr": self.distill_lr if self.teacher_kind == "distilled" else 0}
 
     def _to_input(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         spec = Manifest(kind=self.kind, name="", version="", input=self.input, thresholds=Thresholds(0.0, ""))
@@ -265,7 +268,7 @@ class EfficientAD(AnomalyModel):
             probe = target_net(self._normalise(self._batch01(data, torch.arange(min(len(data), 8)))))
         width = min(self.channels, probe.shape[1])
         teacher = PDNSmall(width)
-        optimizer = torch.optim.Adam(teacher.parameters(), lr=1e-4, weight_decay=1e-5)
+        optimizer = torch.optim.Adam(teacher.parameters(), lr=self.distill_lr, weight_decay=1e-5)
         start = 0
         if state is not None and "teacher" in state:
             teacher.load_state_dict(state["teacher"])

@@ -1,0 +1,256 @@
+"""Helpers for the fault-injection tests (tests/test_faults.py and friends).
+
+A :class:`FaultPipeline` runs real ``lineguard`` processes (processors,
+producers, sinks) against the local stack on lines of its own, and counts
+every frame at the end: frames in the frame topics, verdict messages and the
+distinct frames they cover, dead letters from its topics, ClickHouse rows
+(``FINAL``) and duplicate rows. Nothing here fakes a service: faults are made
+by really stopping or killing processes.
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from lineguard.components import Component, component_env
+from lineguard.config import KafkaConfig
+from lineguard.kafka_admin import count_messages, ensure_topics, group_lag
+from lineguard.schemas import DeadLetter, Frame, Verdict, topics
+from lineguard.sinks.clickhouse import ChdbStore, VerdictStore
+
+from pipeline_helpers import read_topics, wait_for
+
+PRODUCT = "washer"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int, timeout_s: float = 5.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the real ``/metrics`` endpoint on ``port``: {(name, sorted labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as response:
+        text = response.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def metric_sum(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    return sum(value for (sample, sample_labels), value in samples.items()
+               if sample == name and set(labels.items()) <= set(sample_labels))
+
+
+def try_scrape_sum(port: int, name: str, **labels: str) -> float | None:
+    try:
+        return metric_sum(scrape(port), name, **labels)
+    except OSError:
+        return None
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` from /proc/<pid>/status (VmRSS, KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class Tally:
+    """The end-of-test accounting of one pipeline run."""
+
+    fault: str
+    sent: int                       # frames the producers had acknowledged
+    in_topics: int                  # frame messages in the lines' frame topics
+    verdicts: int                   # verdict messages (replays after a crash included)
+    verdict_frames: int             # distinct frames with at least one verdict
+    rows: int                       # ClickHouse rows, FINAL
+    deadletter: int                 # dead letters whose source is one of the lines' frame topics
+    lost: int                       # frames with neither a verdict nor a dead letter, or without a row
+    duplicate_rows: int             # FINAL rows beyond one per frame
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        text = (f"fault={self.fault} sent={self.sent} verdicts={self.verdicts} rows={self.rows} "
+                f"deadletter={self.deadletter} lost={self.lost} duplicate_rows={self.duplicate_rows}")
+        details = {"in_topics": self.in_topics, "verdict_frames": self.verdict_frames, **self.extra}
+        return text + " " + " ".join(f"{k}={v}" for k, v in details.items())
+
+
+class FaultPipeline:
+    """Lines of its own on the shared stack; components as real processes; logs under ``root``."""
+
+    def __init__(self, stack, root: Path, models: Path, name: str, **env: str) -> None:  # noqa: ANN001
+        tag = uuid.uuid4().hex[:6]
+        self.name = name
+        self.lines = [f"{name[:8]}{tag}-a", f"{name[:8]}{tag}-b"]
+        self.root = root
+        self.state = root / "state"
+        self.models = models
+        self.stack = stack
+        self.kafka = KafkaConfig(bootstrap_servers=stack.kafka_bootstrap)
+        self.group = f"processors-{tag}"
+        self.env = component_env(
+            stack.kafka_bootstrap, self.state,
+            LINEGUARD_PROCESSOR__CONSUMER_GROUP=self.group,
+            LINEGUARD_PROCESSOR__MODEL_DIR=str(models),
+            LINEGUARD_PROCESSOR__LAG_REPORT_S="1",
+            LINEGUARD_SINKS__FLUSH_INTERVAL_MS="300",
+            LINEGUARD_SINKS__LAG_REPORT_S="1",
+            LINEGUARD_SINKS__RETRY_INITIAL_MS="100",
+            LINEGUARD_SINKS__RETRY_MAX_MS="1500",
+            **env,
+        )
+        self.components: list[Component] = []
+        self.producer_stats: list[str] = []
+        ensure_topics(self.kafka, self.lines)
+
+    # ---- components
+
+    def start(self, name: str, args: list[str], **env: str) -> Component:
+        comp = Component(args, {**self.env, **env}, self.root / f"{name}-{len(self.components)}.log")
+        comp.name = name  # type: ignore[attr-defined]
+        self.components.append(comp)
+        return comp
+
+    def processor(self, name: str = "processor", metrics_port: int | None = None, **env: str) -> Component:
+        extra = dict(env)
+        if metrics_port:
+            extra["LINEGUARD_PROCESSOR__METRICS_PORT"] = str(metrics_port)
+        return self.start(name, ["process", "--lines", ",".join(self.lines)], **extra)
+
+    def producers(self, count: int, fps: float, size: int = 128, **env: str) -> list[Component]:
+        return [
+            self.start(f"produce-{line}", ["produce", "--line", line, "--camera", f"cam-{i}", "--product", PRODUCT,
+                                           "--source", "synthetic", "--count", str(count), "--fps", str(fps),
+                                           "--size", str(size), "--defect-rate", "0.2", "--seed", str(20 + i)],
+                       **env)
+            for i, line in enumerate(self.lines)
+        ]
+
+    def sink(self, kind: str, metrics_port: int | None = None, until_idle: float | None = None,
+             **env: str) -> Component:
+        args = ["sink", kind, "--lines", ",".join(self.lines), "--group", self.sink_group(kind)]
+        if until_idle is not None:
+            args += ["--until-idle", str(until_idle)]
+        extra = dict(env)
+        if metrics_port:
+            extra["LINEGUARD_SINKS__METRICS_PORT"] = str(metrics_port)
+        return self.start(f"sink-{kind}", args, **extra)
+
+    def sink_group(self, kind: str) -> str:
+        return f"{self.group}-sink-{kind}"
+
+    def wait_producers(self, producers: list[Component], timeout_s: float = 240) -> int:
+        """Wait for the producers to exit 0 with failed=0; return the frames they delivered."""
+        delivered = 0
+        for prod in producers:
+            assert prod.wait(timeout_s) == 0, prod.tail(30)
+            summary = [line for line in prod.output().splitlines() if line.startswith("produce:")][-1]
+            self.producer_stats.append(summary)
+            fields = dict(part.split("=", 1) for part in summary.split()[1:])
+            assert fields["failed"] == "0", summary
+            delivered += int(fields["delivered"])
+        return delivered
+
+    def stop_all(self) -> None:
+        for comp in self.components:
+            comp.stop(timeout=20)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {getattr(c, 'name', '?')} (pid {c.pid})\n{c.tail(25)}" for c in self.components)
+
+    # ---- counting
+
+    def frame_topics(self) -> list[str]:
+        return [topics.frames(line) for line in self.lines]
+
+    def verdict_topics(self) -> list[str]:
+        return [topics.verdicts(line) for line in self.lines]
+
+    def heatmap_topics(self) -> list[str]:
+        return [topics.heatmaps(line) for line in self.lines]
+
+    def count(self, topic_names: list[str]) -> int:
+        return sum(count_messages(self.kafka, t) for t in topic_names)
+
+    def frames_in_topics(self) -> list[Frame]:
+        expect = self.count(self.frame_topics())
+        return read_topics(self.kafka, self.frame_topics(), _frame_or_none, expect=expect, timeout_s=60, settle_s=1)
+
+    def verdicts(self, expect: int) -> list[Verdict]:
+        return read_topics(self.kafka, self.verdict_topics(), Verdict.decode, expect=expect, timeout_s=90, settle_s=1)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        mine = set(self.frame_topics())
+        letters = read_topics(self.kafka, [topics.DEADLETTER], DeadLetter.decode, expect=0, timeout_s=30, settle_s=2)
+        return [d for d in letters if d.source_topic in mine]
+
+    def wait_all_scored(self, expected: int, timeout_s: float, what: str = "every frame scored") -> None:
+        """Until the processors' group has committed every frame and ``expected`` frames have an outcome."""
+        def done() -> bool:
+            return (group_lag(self.kafka, self.group, self.frame_topics()) == 0
+                    and self.count(self.verdict_topics()) >= expected)
+        try:
+            wait_for(done, timeout_s, what, interval_s=1.0)
+        except AssertionError:
+            raise AssertionError(f"{what}: timed out\n{self.logs()}") from None
+
+    def wait_sink_caught_up(self, group: str, topic_names: list[str], timeout_s: float) -> None:
+        try:
+            wait_for(lambda: group_lag(self.kafka, group, topic_names) == 0, timeout_s,
+                     f"sink group {group} to commit everything", interval_s=1.0)
+        except AssertionError:
+            raise AssertionError(f"sink {group} did not catch up\n{self.logs()}") from None
+
+    def tally(self, fault: str, sent: int, store: VerdictStore | None = None, expect_deadletters: int = 0,
+              **extra: int) -> Tally:
+        """Count everything; ``store`` (default: the chdb under the state dir) holds the sink's rows."""
+        frames = [f for f in self.frames_in_topics() if f is not None]
+        frame_ids = {f.frame_id for f in frames}
+        verdicts = self.verdicts(expect=len(frame_ids) - expect_deadletters)
+        verdict_ids = Counter(v.frame_id for v in verdicts)
+        letters = self.dead_letters()
+        letter_ids = {d.frame_id for d in letters if d.frame_id}
+        own = store is None
+        store = store or ChdbStore(self.state / "chdb")
+        lines_sql = ", ".join(f"'{topics.check_line_id(line)}'" for line in self.lines)  # safe characters only
+        try:
+            rows = store.query(f"SELECT count() AS rows, uniqExact(frame_id) AS frames "
+                               f"FROM {store.database}.verdicts FINAL WHERE line_id IN ({lines_sql})")
+            row_ids = {r["frame_id"] for r in store.query(
+                f"SELECT DISTINCT frame_id FROM {store.database}.verdicts WHERE line_id IN ({lines_sql})")}
+        finally:
+            if own:
+                store.close()
+        n_rows, n_row_frames = int(rows[0]["rows"]), int(rows[0]["frames"])
+        scored_ids = frame_ids - letter_ids
+        lost = len(frame_ids - set(verdict_ids) - letter_ids) + len(scored_ids - row_ids)
+        return Tally(
+            fault=fault, sent=sent, in_topics=len(frames), verdicts=len(verdicts),
+            verdict_frames=len(set(verdict_ids) & frame_ids), rows=n_rows, deadletter=len(letters),
+            lost=lost, duplicate_rows=n_rows - n_row_frames,
+            extra={"replayed_verdicts": sum(n - 1 for n in verdict_ids.values()), **extra},
+        )
+
+
+def _frame_or_none(data: bytes) -> Frame | None:
+    from lineguard.schemas import SchemaError
+
+    try:
+        return Frame.decode(data)
+    except SchemaError:
+        return None
