@@ -18,7 +18,10 @@ with the population stability index
     PSI = sum over bins of (observed - expected) * ln(observed / expected)
 
 (fractions floored at 1e-4 so an empty bin does not give infinity; scores outside
-the reference range count in the first or last bin). Rules of thumb: < 0.1
+the reference range count in the first or last bin). Calibration sets are small
+(tens of images), so the reference fractions are smoothed with half a count per
+bin -- ``(count + 0.5) / (n + 0.5 * bins)``, Jeffreys' prior -- rather than
+treating a bin no calibration image fell in as impossible. Rules of thumb: < 0.1
 stable, 0.1-0.25 worth a look, > 0.25 the line no longer looks like the images the
 model was calibrated on (lighting, fixture, supplier or model changed).
 """
@@ -35,6 +38,7 @@ from lineguard.engines.manifest import MANIFEST_FILE, Manifest
 from lineguard.sinks.clickhouse import VerdictStore
 
 PSI_FLOOR = 1e-4  # smallest bin fraction in the PSI sum
+REFERENCE_PSEUDOCOUNT = 0.5  # per bin, added to the calibration histogram (Jeffreys)
 
 # Dimensions of the defect-count views: view name part -> grouping columns.
 _DIMENSIONS = {
@@ -163,7 +167,7 @@ class ModelReference:
     kind: str
     threshold: float
     edges: list[float]
-    expected: list[float]  # fractions, summing to 1
+    expected: list[float]  # smoothed fractions, summing to 1
     n_normal: int
 
     @classmethod
@@ -174,9 +178,10 @@ class ModelReference:
         if not counts or not edges or len(edges) != len(counts) + 1 or sum(counts) <= 0:
             return None  # an old or hand-made manifest without a reference: no drift for it
         total = float(sum(counts))
+        smoothed = total + REFERENCE_PSEUDOCOUNT * len(counts)
         return cls(manifest.name, manifest.version, folder, manifest.kind,
                    float(manifest.thresholds.value), [float(e) for e in edges],
-                   [c / total for c in counts], int(total))
+                   [(c + REFERENCE_PSEUDOCOUNT) / smoothed for c in counts], int(total))
 
 
 def find_model_references(model_dir: str | Path) -> list[ModelReference]:

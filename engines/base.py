@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
@@ -67,12 +68,16 @@ class AnomalyModel(ABC):
     def save(self, model_dir: str | Path, *, name: str, version: str, thresholds: Thresholds,
              calibration: dict[str, Any], map_display_range: tuple[float, float],
              training: dict[str, Any], backbone: dict[str, Any] | None = None,
-             extra: dict[str, Any] | None = None) -> Path:
+             extra: dict[str, Any] | None = None, onnx_source: str | Path | None = None) -> Path:
+        """``onnx_source``: a graph this model already exported (saves exporting twice)."""
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
         # Graph first, manifest last: the manifest is what processors watch for changes.
         tmp = model_dir / (ONNX_FILE + ".tmp")
-        self.export_onnx(tmp)
+        if onnx_source is not None:
+            shutil.copyfile(onnx_source, tmp)
+        else:
+            self.export_onnx(tmp)
         tmp.replace(model_dir / ONNX_FILE)
         manifest = Manifest(
             kind=self.kind, name=name, version=version, input=self.input, thresholds=thresholds,

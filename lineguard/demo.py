@@ -104,7 +104,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         data = demo_dir / "data" / PRODUCT
         if not (data / "train" / "good").is_dir():
             procs.run("dataset", ["produce", "--write-dataset", str(data), "--product", PRODUCT,
-                                  "--size", str(args.size), "--n-train", "60", "--n-test-good", "10",
+                                  "--size", str(args.size), "--n-train", "200", "--n-test-good", "10",
                                   "--n-test-defect", "10"])
         procs.run("train", ["train", "--model", "baseline", "--data", str(data), "--out", str(models / PRODUCT),
                             "--name", PRODUCT])

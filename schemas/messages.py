@@ -51,6 +51,9 @@ def _spec_of(cls: type) -> _Spec:
     return spec
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _check(kind: str, doc: Any, spec: _Spec, version: int) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise SchemaError(Reason.MALFORMED, f"{kind}: expected a msgpack map, got {type(doc).__name__}")
@@ -74,6 +77,11 @@ def _check(kind: str, doc: Any, spec: _Spec, version: int) -> dict[str, Any]:
                 f"{kind}: field {name!r} must be {'/'.join(t.__name__ for t in types)}, "
                 f"got {type(value).__name__}",
             )
+        if (isinstance(value, int) and not isinstance(value, bool) and float not in types
+                and not _INT64_MIN <= value <= _INT64_MAX):
+            # msgpack carries up to unsigned 64 bits; every store (ClickHouse Int64) and consumer
+            # expects signed 64: out of range is refused here instead of poisoning a sink later.
+            raise SchemaError(Reason.INVALID_FIELD, f"{kind}: field {name!r} is outside the signed 64-bit range")
         out[name] = value
     return out
 

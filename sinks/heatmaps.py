@@ -93,14 +93,26 @@ class S3Store(ObjectStore):
         secure: bool = False,
         region: str | None = None,
     ) -> None:
+        import certifi
+        import urllib3
         from minio import Minio  # only when used
 
         # minio wants host:port; accept a URL too (the stack writes one).
         secure = secure or endpoint.startswith("https://")
         endpoint = re.sub(r"^https?://", "", endpoint).rstrip("/")
         self.endpoint, self.bucket = endpoint, bucket
+        # Fail fast: the sink's own loop retries with bounded, jittered backoff (and reports
+        # its lag meanwhile); minio's default client would retry 5 times with growing sleeps
+        # inside one write, hiding an outage from the sink for many seconds.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=60),
+            retries=urllib3.Retry(total=1, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+            maxsize=4,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        )
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
-                            secure=secure, region=region)
+                            secure=secure, region=region, http_client=http)
         self._ensure_bucket(region)
 
     def _ensure_bucket(self, region: str | None) -> None:

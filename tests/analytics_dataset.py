@@ -148,7 +148,7 @@ def _build(stack, root: Path) -> Dataset:  # noqa: ANN001
 
     for product in ("washer", "nut"):
         data = root / "data" / product
-        SyntheticCamera(product, size=SIZE, seed=DATA_SEED).write_mvtec(data, n_train=30, n_test_good=2, n_test_defect=2)
+        SyntheticCamera(product, size=SIZE, seed=DATA_SEED).write_mvtec(data, n_train=60, n_test_good=2, n_test_defect=2)
         train("baseline", data, models / product, name=product, version="v1")
     ensure_topics(kafka, lines)
 

@@ -10,7 +10,11 @@ by really stopping or killing processes.
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
+import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -28,6 +32,11 @@ from lineguard.sinks.clickhouse import ChdbStore, VerdictStore
 from pipeline_helpers import read_topics, wait_for
 
 PRODUCT = "washer"
+
+
+def log_text(comp: Component) -> str:
+    """A component's output so far (also after it was stopped)."""
+    return comp.log_path.read_text(errors="replace")
 
 
 def free_port() -> int:
@@ -158,8 +167,8 @@ class FaultPipeline:
         """Wait for the producers to exit 0 with failed=0; return the frames they delivered."""
         delivered = 0
         for prod in producers:
-            assert prod.wait(timeout_s) == 0, prod.tail(30)
-            summary = [line for line in prod.output().splitlines() if line.startswith("produce:")][-1]
+            assert prod.wait(timeout_s) == 0, log_text(prod)[-3000:]
+            summary = [line for line in log_text(prod).splitlines() if line.startswith("produce:")][-1]
             self.producer_stats.append(summary)
             fields = dict(part.split("=", 1) for part in summary.split()[1:])
             assert fields["failed"] == "0", summary
@@ -171,7 +180,8 @@ class FaultPipeline:
             comp.stop(timeout=20)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {getattr(c, 'name', '?')} (pid {c.pid})\n{c.tail(25)}" for c in self.components)
+        return "\n".join(f"--- {getattr(c, 'name', '?')} (pid {c.pid})\n" + "\n".join(log_text(c).splitlines()[-25:])
+                         for c in self.components)
 
     # ---- counting
 
@@ -217,10 +227,18 @@ class FaultPipeline:
             raise AssertionError(f"sink {group} did not catch up\n{self.logs()}") from None
 
     def tally(self, fault: str, sent: int, store: VerdictStore | None = None, expect_deadletters: int = 0,
-              **extra: int) -> Tally:
-        """Count everything; ``store`` (default: the chdb under the state dir) holds the sink's rows."""
-        frames = [f for f in self.frames_in_topics() if f is not None]
-        frame_ids = {f.frame_id for f in frames}
+              sent_ids: set[str] | None = None, **extra: int) -> Tally:
+        """Count everything; ``store`` (default: the chdb under the state dir) holds the sink's rows.
+
+        ``sent_ids``: the frame ids the test produced itself, so the frame topics need not be
+        read back (they can hold gigabytes); their message count is still checked."""
+        if sent_ids is None:
+            frames = [f for f in self.frames_in_topics() if f is not None]
+            frame_ids = {f.frame_id for f in frames}
+            in_topics = len(frames)
+        else:
+            frame_ids = set(sent_ids)
+            in_topics = self.count(self.frame_topics())
         verdicts = self.verdicts(expect=len(frame_ids) - expect_deadletters)
         verdict_ids = Counter(v.frame_id for v in verdicts)
         letters = self.dead_letters()
@@ -240,7 +258,7 @@ class FaultPipeline:
         scored_ids = frame_ids - letter_ids
         lost = len(frame_ids - set(verdict_ids) - letter_ids) + len(scored_ids - row_ids)
         return Tally(
-            fault=fault, sent=sent, in_topics=len(frames), verdicts=len(verdicts),
+            fault=fault, sent=sent, in_topics=in_topics, verdicts=len(verdicts),
             verdict_frames=len(set(verdict_ids) & frame_ids), rows=n_rows, deadletter=len(letters),
             lost=lost, duplicate_rows=n_rows - n_row_frames,
             extra={"replayed_verdicts": sum(n - 1 for n in verdict_ids.values()), **extra},
@@ -254,3 +272,56 @@ def _frame_or_none(data: bytes) -> Frame | None:
         return Frame.decode(data)
     except SchemaError:
         return None
+
+
+class ChdbHttpServer:
+    """tests/chdb_http.py (ClickHouse's HTTP interface over chdb) as a process that can be
+    stopped and started again on the same port and data path, to take ClickHouse away for real."""
+
+    SCRIPT = Path(__file__).with_name("chdb_http.py")
+
+    def __init__(self, path: Path, log_path: Path) -> None:
+        self.path = path
+        self.port = free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen([sys.executable, str(self.SCRIPT), "--path", str(self.path),
+                                      "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chdb HTTP fixture exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"chdb HTTP fixture did not answer within {timeout_s:.0f}s")
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None
+
+
+def committed(kafka: KafkaConfig, group: str, topic_names: list[str]) -> dict[tuple[str, int], int]:
+    """The group's committed offsets on every partition of ``topic_names`` (-1001: none)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from lineguard.kafka_admin import consumer_config
+
+    consumer = Consumer(consumer_config(kafka, f"{group}", **{"enable.auto.commit": False}))
+    try:
+        wanted = [TopicPartition(name, p) for name in topic_names
+                  for p in consumer.list_topics(name, timeout=10).topics[name].partitions]
+        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(wanted, timeout=10)}
+    finally:
+        consumer.close()

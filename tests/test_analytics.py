@@ -6,6 +6,7 @@ back from the verdict topics. Replays must not count twice.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
 import shutil
@@ -99,9 +100,10 @@ def test_replays_are_on_disk_but_every_view_counts_each_frame_once(store, datase
     db = store.database
     replayed_in_topics = len(dataset.verdicts) - dataset.frames_sent
     assert replayed_in_topics == len(dataset.replayed_ids) > 0
-    # The sink wrote the pipeline's replays as a second insert; the fixture added a full replay.
-    assert _raw_count(store) == store.raw_before_replay + len(dataset.verdicts)
-    assert _raw_count(store) >= 2 * dataset.frames_sent
+    # The sink wrote the pipeline's replays as a second insert; the fixture added a full replay
+    # (whose own duplicates ClickHouse may already collapse within the inserted block).
+    assert store.raw_before_replay >= dataset.frames_sent
+    assert _raw_count(store) >= store.raw_before_replay + dataset.frames_sent >= 2 * dataset.frames_sent
     assert store.count_frames() == len(latest) == dataset.frames_sent
     for view in ("defects_by_line_hour", "defects_by_line_day", "defects_by_camera_hour",
                  "defects_by_camera_day", "defects_by_product_hour", "defects_by_product_day"):
@@ -159,6 +161,12 @@ def test_drift_views_match_python_psi(store, dataset, latest, grain):
     refs = {(r.model_name, r.model_version): r
             for r in find_model_references(dataset.models) + find_model_references(dataset.model_archive)}
     assert {("washer", "v1"), ("washer", "v2"), ("nut", "v1")} <= set(refs)
+    for ref in refs.values():  # the stored reference is the manifest's histogram, smoothed
+        folder = dataset.models / ref.folder if (dataset.models / ref.folder).is_dir() else dataset.model_archive / ref.folder
+        cal = json.loads((folder / "manifest.json").read_text())["calibration"]
+        counts = np.array(cal["normal_histogram"], dtype=float)
+        assert ref.edges == cal["normal_histogram_edges"] and ref.n_normal == counts.sum()
+        assert np.allclose(ref.expected, (counts + 0.5) / (counts.sum() + 0.5 * len(counts)), rtol=0, atol=1e-15)
     groups: dict[tuple, list[float]] = defaultdict(list)
     for v in latest:
         if not v.is_defective:
@@ -391,7 +399,7 @@ def test_report_prints_tables_and_writes_charts(dataset, latest, window, tmp_pat
     assert re.search(rf"total\s+{dataset.frames_sent}\s+{total_defects}\s", out), out
     charts = sorted(p.name for p in png_dir.glob("*.png"))
     assert charts == ["defect_rate_by_line.png", "defect_rate_by_shift.png", "drift_psi.png",
-                      "pareto_products.png", "worst_cameras.png"]
+                      "pareto_products.png", "score_shift.png", "worst_cameras.png"]
     for name in charts:
         with Image.open(png_dir / name) as img:
             assert img.format == "PNG" and img.width >= 600 and img.height >= 300

@@ -18,6 +18,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from lineguard.engines.training import train
 from lineguard.producers.synthetic import SyntheticCamera
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fault_helpers import FaultPipeline, free_port, try_scrape_sum  # noqa: E402
+from fault_helpers import ChdbHttpServer, FaultPipeline, committed, free_port, log_text, try_scrape_sum  # noqa: E402
 from pipeline_helpers import wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -135,3 +136,223 @@ def _heatmap_keys(p: FaultPipeline) -> set[str]:
     expect = p.count(p.heatmap_topics())
     return {h.key for h in read_topics(p.kafka, p.heatmap_topics(), Heatmap.decode, expect=expect,
                                        timeout_s=60, settle_s=1)}
+
+
+def _outage_checks(p: FaultPipeline, kind: str, sink_port: int, topic_names: list[str], hold_s: float) -> dict[str, int]:
+    """While the store is down: the sink retries, reports lag, commits nothing; verdicts keep flowing.
+
+    Returns the figures observed during the outage (for the printed line)."""
+    group = p.sink_group(kind)
+    wait_for(lambda: (try_scrape_sum(sink_port, "lineguard_sink_retries_total", kind=kind) or 0) > 0, 60,
+             f"the {kind} sink to fail and retry")
+    frozen = committed(p.kafka, group, topic_names)
+    verdicts_at_start = p.count(p.verdict_topics())
+    time.sleep(hold_s)
+    wait_for(lambda: (try_scrape_sum(sink_port, "lineguard_sink_consumer_lag", kind=kind) or 0) > 0, 30,
+             f"the {kind} sink to report its lag")
+    samples = {
+        "retries": try_scrape_sum(sink_port, "lineguard_sink_retries_total", kind=kind),
+        "lag": try_scrape_sum(sink_port, "lineguard_sink_consumer_lag", kind=kind),
+        "retrying": try_scrape_sum(sink_port, "lineguard_sink_retrying", kind=kind),
+    }
+    assert committed(p.kafka, group, topic_names) == frozen, "offsets were committed while the store was down"
+    verdicts_during = p.count(p.verdict_topics()) - verdicts_at_start
+    assert verdicts_during > 0, "verdicts stopped flowing to the MES topics during the sink outage"
+    assert samples["retrying"] == 1
+    return {"outage_retries": int(samples["retries"] or 0), "outage_lag": int(samples["lag"] or 0),
+            "verdicts_during_outage": verdicts_during}
+
+
+@pytest.mark.timeout(300)
+def test_s3_outage_heatmap_sink_retries_and_catches_up(stack, models: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """The S3 server is stopped for a while: the heatmap sink retries with bounded backoff,
+    commits nothing it has not stored, reports its lag, and catches up once S3 is back;
+    verdicts (and the ClickHouse sink) keep flowing meanwhile."""
+    per_line, fps = 240, 12
+    p = FaultPipeline(stack, tmp_path, models, "s3out", LINEGUARD_PROCESSOR__HEATMAPS="all")
+    bucket = f"heatmaps-{p.group[-6:]}"
+    s3_env = {
+        "LINEGUARD_SINKS__OBJECT_STORE__BACKEND": "s3",
+        "LINEGUARD_SINKS__OBJECT_STORE__ENDPOINT": stack.s3_endpoint,
+        "LINEGUARD_SINKS__OBJECT_STORE__ACCESS_KEY": stack.s3_access_key,
+        "LINEGUARD_SINKS__OBJECT_STORE__SECRET_KEY": stack.s3_secret_key,
+        "LINEGUARD_SINKS__OBJECT_STORE__BUCKET": bucket,
+    }
+    port, sink_port = free_port(), free_port()
+    p.processor(metrics_port=port)
+    heatmap_sink = p.sink("heatmaps", metrics_port=sink_port, **s3_env)
+    p.sink("clickhouse")
+    s3_stopped = False
+    try:
+        wait_for(lambda: _up(port) and try_scrape_sum(sink_port, "lineguard_sink_items_written_total") is not None,
+                 120, "processor and sink metrics endpoints")
+        producers = p.producers(count=per_line, fps=fps)
+        wait_for(lambda: (try_scrape_sum(sink_port, "lineguard_sink_items_written_total") or 0) > 0, 120,
+                 "the first heatmaps in S3")
+        stack.local.stop_s3()
+        s3_stopped = True
+        during = _outage_checks(p, "heatmaps", sink_port, p.heatmap_topics(), hold_s=4)
+        stack.local.start_s3()
+        s3_stopped = False
+        sent = p.wait_producers(producers)
+        p.wait_all_scored(sent, 150)
+        p.wait_sink_caught_up(p.sink_group("heatmaps"), p.heatmap_topics(), 120)
+        p.wait_sink_caught_up(p.sink_group("clickhouse"), p.verdict_topics(), 60)
+        assert heatmap_sink.alive(), heatmap_sink.tail(40)
+        written = int(try_scrape_sum(sink_port, "lineguard_sink_items_written_total") or 0)
+    finally:
+        if s3_stopped:
+            stack.local.start_s3()
+        p.stop_all()
+    assert "store failing for" in log_text(heatmap_sink)  # the lag is logged during the outage, too
+    keys = _heatmap_keys(p)
+    from minio import Minio
+
+    client = Minio(stack.s3_endpoint, access_key=stack.s3_access_key, secret_key=stack.s3_secret_key, secure=False)
+    stored = {obj.object_name for obj in client.list_objects(bucket, recursive=True)}
+    tally = p.tally("s3_outage", sent, heatmaps=len(keys), heatmaps_stored=len(keys & stored),
+                    heatmaps_written=written, **during)
+    print(tally.line())
+    assert tally.verdict_frames == sent == tally.in_topics and tally.lost == 0 and tally.deadletter == 0
+    assert tally.rows == sent and tally.duplicate_rows == 0
+    assert len(keys) == sent and keys <= stored
+
+
+@pytest.mark.timeout(300)
+def test_clickhouse_outage_sink_retries_and_catches_up(stack, models: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """ClickHouse (the clickhouse-connect backend against the chdb HTTP fixture) is killed for a
+    while: the sink retries, commits nothing unwritten, reports lag, and catches up after the
+    restart with exactly one row per frame; verdicts keep flowing to the MES topics meanwhile."""
+    from lineguard.sinks.clickhouse import ServerStore
+
+    per_line, fps = 240, 12
+    server = ChdbHttpServer(tmp_path / "clickhouse", tmp_path / "chdb-http.log")
+    server.start()
+    database = f"lg_{uuid.uuid4().hex[:8]}"
+    p = FaultPipeline(stack, tmp_path, models, "chout")
+    ch_env = {
+        "LINEGUARD_SINKS__CLICKHOUSE__BACKEND": "server",
+        "LINEGUARD_SINKS__CLICKHOUSE__URL": server.url,
+        "LINEGUARD_SINKS__CLICKHOUSE__DATABASE": database,
+    }
+    port, sink_port = free_port(), free_port()
+    p.processor(metrics_port=port)
+    sink = p.sink("clickhouse", metrics_port=sink_port, **ch_env)
+    try:
+        wait_for(lambda: _up(port) and try_scrape_sum(sink_port, "lineguard_sink_items_written_total") is not None,
+                 120, "processor and sink metrics endpoints")
+        producers = p.producers(count=per_line, fps=fps)
+        wait_for(lambda: (try_scrape_sum(sink_port, "lineguard_sink_items_written_total") or 0) > 0, 120,
+                 "the first rows in ClickHouse")
+        server.stop(signal.SIGKILL)
+        during = _outage_checks(p, "clickhouse", sink_port, p.verdict_topics(), hold_s=4)
+        server.start()
+        sent = p.wait_producers(producers)
+        p.wait_all_scored(sent, 150)
+        p.wait_sink_caught_up(p.sink_group("clickhouse"), p.verdict_topics(), 120)
+        assert sink.alive(), sink.tail(40)
+        p.stop_all()
+        store = ServerStore(server.url, database=database)
+        try:
+            tally = p.tally("clickhouse_outage", sent, store=store, **during)
+        finally:
+            store.close()
+    finally:
+        p.stop_all()
+        server.stop()
+    print(tally.line())
+    assert "store failing for" in log_text(sink)
+    assert tally.verdict_frames == sent == tally.in_topics and tally.lost == 0 and tally.deadletter == 0
+    assert tally.rows == sent and tally.duplicate_rows == 0
+
+
+@pytest.mark.timeout(300)
+def test_back_pressure_memory_stays_bounded_and_lag_drains(stack, models: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """Producers outrun the processor for a sustained period: the processor's memory stays
+    bounded (bounded micro-batcher + faust's stream buffer pause fetching), its consumer lag
+    grows and is reported on /metrics, and it drains afterwards with every frame scored."""
+    import threading
+
+    import numpy as np
+    from confluent_kafka import Producer
+
+    from lineguard.kafka_admin import producer_config
+    from lineguard.schemas import Frame, new_frame_id, topics
+    from lineguard.schemas import image as imagecodec
+
+    from fault_helpers import rss_kib
+
+    side, burst_s, rate = 512, 12.0, 45  # raw RGB frames of 768 KiB, 45 per second per line
+    p = FaultPipeline(stack, tmp_path, models, "backpr", LINEGUARD_PROCESSOR__HEATMAPS="none")
+    port = free_port()
+    worker = p.processor(metrics_port=port)
+    camera = SyntheticCamera(product="washer", size=side, seed=3, defect_rate=0.2)
+    images = [imagecodec.encode(camera.render(i).image, "raw") for i in range(8)]
+    frame_bytes = len(images[0][0])
+    samples: list[tuple[float, int, float]] = []  # (t, rss KiB, lag)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                lag = try_scrape_sum(port, "lineguard_processor_consumer_lag")
+                samples.append((time.monotonic(), rss_kib(worker.pid), lag if lag is not None else -1))
+            except (OSError, ValueError):
+                pass
+            stop.wait(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        wait_for(lambda: _up(port), 120, "the processor's metrics endpoint")
+        time.sleep(2)
+        sampler.start()
+        time.sleep(1.5)
+        baseline_kib = max(rss for _, rss, _ in samples)
+        producer = Producer(producer_config(p.kafka, **{"linger.ms": 5, "compression.type": "lz4"}))
+        sent = 0
+        sent_ids: set[str] = set()
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < burst_s:
+            due = int(elapsed * rate)
+            while sent < due * len(p.lines):
+                line = p.lines[sent % 2]
+                data, dtype, shape = images[sent % len(images)]
+                frame = Frame(frame_id=new_frame_id(), line_id=line, camera_id=f"cam-{sent % 4}", product="washer",
+                              captured_at_ns=time.time_ns(), seq=sent // 4, encoding="raw", image=data,
+                              dtype=dtype, shape=shape)
+                while True:
+                    try:
+                        producer.produce(topics.frames(line), key=frame.camera_id.encode(), value=frame.encode())
+                        sent_ids.add(frame.frame_id)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                sent += 1
+            producer.poll(0.01)
+        assert producer.flush(60) == 0
+        burst_end = time.monotonic()
+        peak_lag = max(lag for _, _, lag in samples)
+        p.wait_all_scored(sent, 200, "the backlog to drain")
+        wait_for(lambda: try_scrape_sum(port, "lineguard_processor_consumer_lag") == 0, 30, "reported lag back to 0")
+        assert worker.alive(), p.logs()
+    finally:
+        stop.set()
+        p.stop_all()
+    during = [(t, rss) for t, rss, _ in samples if started <= t <= burst_end]
+    peak_kib = max(rss for _, rss in during)
+    third = (burst_end - started) / 3
+    first = max(rss for t, rss in during if t < started + third)
+    last = max(rss for t, rss in during if t > burst_end - third)
+    growth_mib = (peak_kib - baseline_kib) / 1024
+    backlog_mib = peak_lag * frame_bytes / 2**20
+    p.sink("clickhouse", until_idle=3).wait(120)
+    tally = p.tally("back_pressure", sent, sent_ids=sent_ids, peak_lag=int(peak_lag), backlog_mib_at_peak=int(backlog_mib),
+                    rss_baseline_mib=baseline_kib // 1024, rss_peak_mib=peak_kib // 1024,
+                    rss_growth_mib=int(growth_mib), rss_first_third_mib=first // 1024, rss_last_third_mib=last // 1024)
+    print(tally.line())
+    assert peak_lag > 200, "the producers did not outrun the processor: no back-pressure was exercised"
+    assert growth_mib < 400, f"processor RSS grew by {growth_mib:.0f} MiB under back-pressure"
+    assert backlog_mib > growth_mib, "the backlog held in Kafka should exceed what the processor holds"
+    assert last - first < 128 * 1024, "processor RSS kept growing through the burst"
+    assert tally.verdict_frames == sent == tally.in_topics and tally.lost == 0 and tally.deadletter == 0
+    assert tally.rows == sent and tally.duplicate_rows == 0

@@ -1,7 +1,7 @@
 """Fitting PatchCore and exporting it: the :class:`AnomalyModel` that ``lineguard train --model patchcore`` builds.
 
 Fitting has no gradient steps: run the frozen backbone over every normal
-image, keep all patch features, then shrink them to a coreset (greedy
+image (exported to ONNX Runtime for speed), keep all patch features, then shrink them to a coreset (greedy
 k-center on a random projection) that becomes the memory bank. The ratio
 defaults to 1%: the paper's ablation (Roth et al. 2022, table 6 / fig. 4)
 shows 1% keeps image AUROC within ~0.1 point of the full bank on MVTec,
@@ -11,6 +11,7 @@ and scoring cost grows linearly with the bank.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
+from torch import nn
+from tqdm import tqdm
 
 from ..base import AnomalyModel
 from ..common.backbones import BACKBONES, backbone_info, get_spec, load_backbone
@@ -77,7 +81,16 @@ class PatchCore(AnomalyModel):
         return torch.from_numpy(preprocess(images, self._spec()))
 
     # -- the AnomalyModel contract -----------------------------------------------------------------
-    @torch.inference_mode()
+    def _embedding_session(self, folder: Path) -> ort.InferenceSession:
+        """The feature part of the network (backbone + aggregation) exported and opened in ONNX Runtime:
+        on CPU it runs 5-10x faster than eager torch (MobileNetV2's depthwise convolutions), and the bank is
+        then built from exactly the features the production graph computes."""
+        path = folder / "embedding.onnx"
+        _export(_Embedder(self.model), path, ["embedding"], self.input.height, self.input.width)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
     def fit(self, images: Sequence[np.ndarray]) -> "PatchCore":
         if len(images) < 1:
             raise ValueError("PatchCore needs at least one normal image")
@@ -85,10 +98,13 @@ class PatchCore(AnomalyModel):
         hw = self.model.grid_size[0] * self.model.grid_size[1]
         # Preallocated: the patch features of all images (666 x 1024 x 128 floats = 350 MB at most by default).
         features = np.empty((len(images) * hw, self.model.embedding_dim), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            batch = self._tensor(images[start:start + self.batch_size])
-            emb = self.model.embed(batch)
-            features[start * hw:(start + len(batch)) * hw] = emb.reshape(-1, emb.shape[-1]).numpy()
+        with tempfile.TemporaryDirectory() as tmp:
+            session = self._embedding_session(Path(tmp))
+            for start in tqdm(range(0, len(images), self.batch_size), desc="features", unit="batch",
+                              disable=not self.progress, mininterval=1.0):
+                batch = preprocess(images[start:start + self.batch_size], self._spec())
+                emb = session.run(["embedding"], {"image": batch})[0]
+                features[start * hw:(start + len(batch)) * hw] = emb.reshape(-1, emb.shape[-1])
         extract_s = time.perf_counter() - started
 
         k = coreset_size(len(features), self.coreset_ratio)
@@ -116,17 +132,32 @@ class PatchCore(AnomalyModel):
 
     def export_onnx(self, path: Path) -> None:
         """The whole model, backbone to blurred map, as one graph with a dynamic batch axis."""
-        dummy = torch.zeros(2, 3, self.input.height, self.input.width)
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            # The TorchScript-based exporter: exact for this graph and needs no extra package (onnxscript).
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                self.model, (dummy,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                input_names=["image"], output_names=["score", "anomaly_map"],
-                dynamic_axes={"image": {0: "N"}, "score": {0: "N"}, "anomaly_map": {0: "N"}},
-            )
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
+        _export(self.model, Path(path), ["score", "anomaly_map"], self.input.height, self.input.width)
+
+
+class _Embedder(nn.Module):
+    """Only the patch features of :class:`PatchcoreModel` (used while fitting)."""
+
+    def __init__(self, model: PatchcoreModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(images)
+
+
+def _export(module: nn.Module, path: Path, outputs: list[str], height: int, width: int) -> None:
+    """ONNX export with input ``image`` (N x 3 x height x width) and a dynamic batch axis on every output."""
+    dummy = torch.zeros(2, 3, height, width)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript-based exporter: exact for these graphs and needs no extra package (onnxscript).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), (dummy,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=["image"], output_names=outputs,
+            dynamic_axes={"image": {0: "N"}, **{name: {0: "N"} for name in outputs}},
+        )
+    onnx.checker.check_model(onnx.load(str(path)))
 
 
 def build_model(**options: Any) -> PatchCore:

@@ -1,0 +1,201 @@
+// lineguard operator dashboard: plain JS, inline SVG charts, no external resources
+// (the shop-floor browser may have no internet). Data: the API's /api/* JSON endpoints
+// and /heatmaps/{key}, all with the X-API-Key header. The key comes from the URL
+// fragment (#key=..., never sent to a server or logged) or the login form, and is kept
+// in sessionStorage for this tab only.
+"use strict";
+
+const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+const REFRESH_MS = 30000;
+const state = { key: null, objectUrls: [] };
+
+function takeKey() {
+  const match = /(?:^|[#&])key=([^&]+)/.exec(location.hash);
+  if (match) {
+    sessionStorage.setItem("lineguard-key", decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);  // drop it from the address bar
+  }
+  return sessionStorage.getItem("lineguard-key");
+}
+
+async function api(path) {
+  const response = await fetch(path, { headers: { "X-API-Key": state.key } });
+  if (response.status === 401) {
+    sessionStorage.removeItem("lineguard-key");
+    state.key = null;
+    showLogin("that API key was refused");
+    throw new Error("unauthorized");
+  }
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail; } catch (e) { /* not JSON */ }
+    throw new Error(`${path}: ${response.status} ${detail}`);
+  }
+  return response;
+}
+
+const el = (tag, attrs = {}, text) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+};
+const svgEl = (tag, attrs = {}, text) => {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+};
+const pct = (x) => (100 * x).toFixed(1) + " %";
+const when = (iso) => iso.replace("T", " ").replace(/(:\d\d)(\.\d+)?Z$/, "$1");
+
+// A line chart: series = [{name, points: [{t: Date, v: number}]}], guides = [{v, label, colour}].
+function lineChart(svg, series, { yFormat = (v) => v.toFixed(2), guides = [], grain = "day" } = {}) {
+  svg.replaceChildren();
+  const W = 640, H = 260, L = 52, R = 120, T = 12, B = 34;
+  const all = series.flatMap((s) => s.points);
+  if (!all.length) {
+    svg.append(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no data in this window"));
+    return;
+  }
+  const step = grain === "hour" ? 3600e3 : 86400e3;
+  let t0 = Math.min(...all.map((p) => p.t)), t1 = Math.max(...all.map((p) => p.t));
+  if (t1 - t0 < step) { t0 -= step / 2; t1 += step / 2; }
+  let vMax = Math.max(...all.map((p) => p.v), ...guides.map((g) => g.v)) * 1.1 || 1;
+  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+  const y = (v) => H - B - (Math.min(v, vMax) / vMax) * (H - T - B);
+  for (let i = 0; i <= 4; i++) {
+    const v = (vMax * i) / 4;
+    svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }));
+    svg.append(svgEl("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, yFormat(v)));
+  }
+  for (let i = 0; i <= 4; i++) {
+    const t = t0 + ((t1 - t0) * i) / 4;
+    const d = new Date(t).toISOString();
+    const label = grain === "hour" ? d.slice(5, 13).replace("T", " ") + "h" : d.slice(5, 10);
+    svg.append(svgEl("text", { x: x(t), y: H - B + 16, "text-anchor": "middle" }, label));
+  }
+  svg.append(svgEl("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }));
+  svg.append(svgEl("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
+  for (const g of guides) {
+    svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(g.v), y2: y(g.v), class: "guide", stroke: g.colour }));
+    svg.append(svgEl("text", { x: W - R + 4, y: y(g.v) + 4, fill: g.colour }, g.label));
+  }
+  series.forEach((s, i) => {
+    const colour = COLOURS[i % COLOURS.length];
+    const pts = [...s.points].sort((a, b) => a.t - b.t);
+    const d = pts.map((p, j) => `${j ? "L" : "M"}${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ");
+    svg.append(svgEl("path", { d, class: "series", stroke: colour, "data-series": s.name, "data-points": pts.length }));
+    for (const p of pts) {
+      const dot = svgEl("circle", { cx: x(p.t), cy: y(p.v), r: 2.5, fill: colour });
+      dot.append(svgEl("title", {}, `${s.name} ${new Date(p.t).toISOString().slice(0, 16)}: ${yFormat(p.v)}`));
+      svg.append(dot);
+    }
+    const ly = T + 14 + i * 16;
+    svg.append(svgEl("rect", { x: W - R + 4, y: ly - 9, width: 10, height: 10, fill: colour }));
+    svg.append(svgEl("text", { x: W - R + 18, y: ly }, s.name));
+  });
+}
+
+function groupSeries(rows, keyOf, valueOf) {
+  const groups = new Map();
+  for (const r of rows) {
+    const k = keyOf(r);
+    if (!groups.has(k)) groups.set(k, []);
+    groups.get(k).push({ t: Date.parse(r.period), v: valueOf(r) });
+  }
+  return [...groups].sort().map(([name, points]) => ({ name, points }));
+}
+
+async function refresh() {
+  const hours = document.getElementById("window").value;
+  const grain = hours <= 48 ? "hour" : "day";
+  const q = `hours=${hours}`;
+  const error = document.getElementById("error");
+  try {
+    const [lines, rates, drift, defects] = await Promise.all([
+      api(`/api/lines?${q}`).then((r) => r.json()),
+      api(`/api/defect-rate?${q}&grain=${grain}`).then((r) => r.json()),
+      api(`/api/drift?${q}&grain=${grain}`).then((r) => r.json()),
+      api(`/api/defects/latest?${q}&limit=12`).then((r) => r.json()),
+    ]);
+    renderLines(lines);
+    lineChart(document.getElementById("rate-chart"), groupSeries(rates, (r) => r.line_id, (r) => r.defect_rate),
+      { yFormat: (v) => (100 * v).toFixed(0) + "%", grain });
+    lineChart(document.getElementById("drift-chart"),
+      groupSeries(drift.filter((r) => r.psi !== null), (r) => `${r.line_id} ${r.model_version}`, (r) => r.psi),
+      { grain, guides: [{ v: 0.1, label: "watch", colour: "#b8860b" }, { v: 0.25, label: "drift", colour: "#c62828" }] });
+    await renderDefects(defects);
+    error.textContent = "";
+    document.getElementById("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
+    document.body.dataset.loaded = "true";
+  } catch (e) {
+    if (e.message !== "unauthorized") error.textContent = e.message;
+  }
+}
+
+function renderLines(lines) {
+  const body = document.querySelector("#lines tbody");
+  body.replaceChildren();
+  for (const l of lines) {
+    const tr = el("tr", { "data-line": l.line_id });
+    for (const v of [l.line_id, l.model_name, l.model_version, l.frames, l.defective, pct(l.defect_rate), when(l.last_frame_at)]) {
+      tr.append(el("td", {}, String(v)));
+    }
+    tr.children[2].classList.add("model-version");
+    body.append(tr);
+  }
+  if (!lines.length) body.append(el("tr", {}, "no verdicts in this window"));
+}
+
+async function renderDefects(defects) {
+  const box = document.getElementById("defects");
+  state.objectUrls.forEach((u) => URL.revokeObjectURL(u));
+  state.objectUrls = [];
+  box.replaceChildren();
+  await Promise.all(defects.map(async (d) => {
+    const card = el("div", { class: "defect", "data-frame": d.frame_id });
+    const img = el("img", { class: "heatmap", alt: `heatmap of frame ${d.frame_id}` });
+    card.append(img);
+    card.append(el("div", {}, `${d.line_id} · ${d.camera_id} · ${d.product}`));
+    const score = el("div", {});
+    score.append(el("span", { class: "score" }, d.score.toFixed(3)));
+    score.append(document.createTextNode(` > ${d.threshold.toFixed(3)} (${d.model_version})`));
+    card.append(score);
+    card.append(el("div", { class: "muted" }, when(d.captured_at)));
+    box.append(card);
+    if (!d.heatmap_key) return;
+    try {
+      // <img src> cannot send the key header: fetch the PNG, show it from a blob URL.
+      const blob = await (await api(`/heatmaps/${d.heatmap_key.split("/").map(encodeURIComponent).join("/")}`)).blob();
+      const url = URL.createObjectURL(blob);
+      state.objectUrls.push(url);
+      await new Promise((resolve) => { img.onload = img.onerror = resolve; img.src = url; });
+    } catch (e) {
+      img.alt = "heatmap unavailable: " + e.message;
+    }
+  }));
+}
+
+function showLogin(message) {
+  document.getElementById("content").hidden = true;
+  document.getElementById("login").hidden = false;
+  document.getElementById("login-error").textContent = message || "";
+}
+
+function start() {
+  document.getElementById("login").hidden = true;
+  document.getElementById("content").hidden = false;
+  refresh();
+}
+
+document.getElementById("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.key = document.getElementById("key").value.trim();
+  sessionStorage.setItem("lineguard-key", state.key);
+  start();
+});
+document.getElementById("window").addEventListener("change", refresh);
+state.key = takeKey();
+if (state.key) start(); else showLogin();
+setInterval(() => { if (state.key && !document.hidden) refresh(); }, REFRESH_MS);
