@@ -65,7 +65,7 @@ class ScoringEngine:
     """
 
     def __init__(self, model_dir: str | Path, providers: list[str] | None = None,
-                 threads: int = 0, warmup: bool = True, onnx_file: str = ONNX_FILE) -> None:
+                 threads: int = 0, warmup: bool = True, onnx_file: str = ONNX_FILE, spin: bool = False) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.load(self.model_dir)
         onnx_path = self.model_dir / onnx_file
@@ -77,6 +77,10 @@ class ScoringEngine:
         # event loop and the decoder threads that share the host with it.
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        # ORT's idle workers spin for a while after each run. In a processor the cores are
+        # shared with JPEG decoding, Kafka I/O and heatmap rendering, so spinning only
+        # burns what they need; a dedicated scoring box can turn it back on.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         wanted = providers or available_providers()
         cache = self.model_dir / ".trt_cache"
         self.session = ort.InferenceSession(
