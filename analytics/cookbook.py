@@ -58,7 +58,7 @@ def start_of_week(moment: dt.datetime | None = None) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def _micros(value: dt.datetime) -> int:
+def micros(value: dt.datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     delta = value.astimezone(UTC) - dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -83,9 +83,14 @@ class Shift:
 
 def parse_shifts(specs: Sequence[str]) -> list[Shift]:
     """``["06-14", "14-22", "22-06"]`` -> shifts named by their spec (validated by the config model)."""
+    from pydantic import ValidationError
+
     from lineguard.config import AnalyticsConfig
 
-    AnalyticsConfig(shifts=list(specs))  # raises unless they cover the day exactly once
+    try:
+        AnalyticsConfig(shifts=list(specs))  # the config's rule: they cover the day exactly once
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
     return [Shift(spec.strip(), *parse_shift(spec)) for spec in specs]
 
 
@@ -249,21 +254,21 @@ _register(NamedQuery(
     title="Score drift per line against the calibration reference",
     description="Per line, period (grain 'hour' or 'day') and model version: the frames judged normal "
                 "and the PSI of their score distribution against the model's calibration histogram.",
-    sql=f"""
+    sql="""
 SELECT line_id, period, model_name, model_version, frames, psi
 FROM
 (
     SELECT line_id, toDateTime(hour, 'UTC') AS period, model_name, model_version, frames, psi, 'hour' AS grain
-    FROM {{db}}.score_drift_hourly
+    FROM {db}.score_drift_hourly
     UNION ALL
     SELECT line_id, toDateTime(day, 'UTC') AS period, model_name, model_version, frames, psi, 'day' AS grain
-    FROM {{db}}.score_drift_daily
+    FROM {db}.score_drift_daily
 )
-WHERE grain = {{grain:String}}
-  AND period >= toStartOfInterval(fromUnixTimestamp64Micro({{since_us:Int64}}, 'UTC'),
-                                  if({{grain:String}} = 'day', INTERVAL 1 DAY, INTERVAL 1 HOUR))
-  AND period < fromUnixTimestamp64Micro({{until_us:Int64}}, 'UTC')
-  AND ({{line_id:String}} = '' OR line_id = {{line_id:String}})
+WHERE grain = {grain:String}
+  AND period >= toStartOfInterval(fromUnixTimestamp64Micro({since_us:Int64}, 'UTC'),
+                                  if({grain:String} = 'day', INTERVAL 1 DAY, INTERVAL 1 HOUR))
+  AND period < fromUnixTimestamp64Micro({until_us:Int64}, 'UTC')
+  AND ({line_id:String} = '' OR line_id = {line_id:String})
 ORDER BY line_id, period, model_version
 """,
     params={"since": "DateTime", "until": "DateTime", "grain": "String", "line_id": "String"},
@@ -339,7 +344,7 @@ def bind(query: NamedQuery, values: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{query.name}: parameter {name!r} is required")
         value = merged[name]
         if kind == "DateTime":
-            out[f"{name}_us"] = _micros(value)
+            out[f"{name}_us"] = micros(value)
         elif kind == "shifts":
             shifts = parse_shifts(value)
             out["shift_names"] = [s.name for s in shifts]

@@ -120,7 +120,8 @@ class Report:
                     "defect_rate_pct": 100.0 * defective / frames if frames else float("nan")}))
         parts.append(table(f"Score drift per line (PSI of normal-judged scores vs calibration, per {self.grain})",
                            [{**r, "flag": _psi_flag(r["psi"])} for r in self.drift], [
-            ("line_id", "line"), ("period", self.grain), ("model_version", "version"), ("frames", "normal frames"),
+            ("line_id", "line"), ("period", self.grain), ("model_name", "model"), ("model_version", "version"),
+            ("frames", "normal frames"),
             ("psi", "PSI"), ("flag", "flag")]))
         if self.shift_title:
             parts.append(table(self.shift_title, self.shift_change, [
@@ -153,7 +154,8 @@ class Report:
         ax.set_title(f"Defect rate per line (per {self.grain})")
         ax.set_ylabel("defect %")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if series:
+            ax.legend()
         fig.autofmt_xdate()
         save(fig, "defect_rate_by_line.png")
 
@@ -171,7 +173,8 @@ class Report:
         ax.set_xticks([i + width * (len(shift_names) - 1) / 2 for i in range(len(lines))], lines)
         ax.set_title("Defect rate per line and shift (UTC)")
         ax.set_ylabel("defect %")
-        ax.legend()
+        if shift_names:
+            ax.legend()
         save(fig, "defect_rate_by_shift.png")
 
         fig, ax = plt.subplots(figsize=(9, 4))
@@ -196,7 +199,7 @@ class Report:
         fig, ax = plt.subplots(figsize=(9, 4))
         drift: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in self.drift:
-            drift[f"{r['line_id']} ({r['model_version']})"].append(r)
+            drift[f"{r['line_id']} {r['model_name']} {r['model_version']}"].append(r)
         for label, rows in sorted(drift.items()):
             ax.plot([r["period"] for r in rows], [r["psi"] for r in rows], marker="o", label=label)
         ax.axhline(0.1, color="goldenrod", linestyle="--", linewidth=1, label="watch (0.1)")
@@ -223,7 +226,7 @@ class Report:
 
 
 def run_report(args: argparse.Namespace, settings: Settings) -> int:
-    from lineguard.sinks.clickhouse import open_store
+    from lineguard.sinks.clickhouse import ChdbPathInUseError, open_store
 
     if args.list or args.sql:
         for name, query in cookbook.QUERIES.items():
@@ -246,7 +249,17 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         print("lineguard report: --versions needs BEFORE,AFTER")
         return 2
     shifts = args.shifts.split(",") if args.shifts else settings.analytics.shifts
-    with open_store(settings) as store:
+    try:
+        cookbook.parse_shifts(shifts)
+    except ValueError as exc:
+        print(f"lineguard report: --shifts: {exc}")
+        return 2
+    try:
+        store = open_store(settings)
+    except ChdbPathInUseError as exc:  # a running chdb sink holds the data
+        print(f"lineguard report: {exc}")
+        return 2
+    with store:
         create_analytics_schema(store)
         loaded = []
         for model_dir in args.model_dir or [settings.processor.model_dir]:

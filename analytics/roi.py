@@ -96,7 +96,7 @@ def measure(settings: Settings, since: dt.datetime, until: dt.datetime, line: st
     """Defect rate and units per running hour from ClickHouse, or None without verdicts."""
     from lineguard.sinks.clickhouse import open_store
 
-    from .cookbook import _micros
+    from .cookbook import micros
 
     with open_store(settings) as store:
         store.create_schema()
@@ -109,7 +109,7 @@ def measure(settings: Settings, since: dt.datetime, until: dt.datetime, line: st
               AND captured_at < fromUnixTimestamp64Micro({{until_us:Int64}}, 'UTC')
               AND ({{line_id:String}} = '' OR line_id = {{line_id:String}})
             """,
-            {"since_us": _micros(since), "until_us": _micros(until), "line_id": line or ""},
+            {"since_us": micros(since), "until_us": micros(until), "line_id": line or ""},
         )
     if not rows or not rows[0]["frames"]:
         return None

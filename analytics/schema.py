@@ -17,13 +17,17 @@ with the population stability index
 
     PSI = sum over bins of (observed - expected) * ln(observed / expected)
 
-(fractions floored at 1e-4 so an empty bin does not give infinity; scores outside
-the reference range count in the first or last bin). Calibration sets are small
-(tens of images), so the reference fractions are smoothed with half a count per
-bin -- ``(count + 0.5) / (n + 0.5 * bins)``, Jeffreys' prior -- rather than
-treating a bin no calibration image fell in as impossible. Rules of thumb: < 0.1
-stable, 0.1-0.25 worth a look, > 0.25 the line no longer looks like the images the
-model was calibrated on (lighting, fixture, supplier or model changed).
+(scores outside the reference range count in the first or last bin). Both
+histograms are smoothed with half a count per bin -- ``(count + 0.5) / (n + 0.5 *
+bins)``, Jeffreys' prior: calibration sets are small (tens of images) and so are
+the normal frames of a quiet hour, and without it a bin that happened to stay
+empty would count as an impossible event and swamp the index. With thousands of
+frames an hour the smoothing vanishes (``observed`` is the unsmoothed share).
+
+Rules of thumb: < 0.1 stable, 0.1-0.25 worth a look, > 0.25 the line no longer
+looks like the images the model was calibrated on (lighting, fixture, supplier or
+model changed). Few frames (or a reference from few images) make PSI noisy: read
+it with the ``frames`` column beside it.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ from typing import Any
 from lineguard.engines.manifest import MANIFEST_FILE, Manifest
 from lineguard.sinks.clickhouse import VerdictStore
 
-PSI_FLOOR = 1e-4  # smallest bin fraction in the PSI sum
-REFERENCE_PSEUDOCOUNT = 0.5  # per bin, added to the calibration histogram (Jeffreys)
+PSI_FLOOR = 1e-4  # smallest bin fraction in a PSI sum of unsmoothed fractions (before/after queries)
+PSEUDOCOUNT = 0.5  # per bin, added to both histograms of the drift views (Jeffreys)
 
 # Dimensions of the defect-count views: view name part -> grouping columns.
 _DIMENSIONS = {
@@ -123,13 +127,15 @@ def analytics_statements(database: str) -> list[str]:
         out.append(
             f"""
             CREATE OR REPLACE VIEW {db}.score_drift_{suffix} AS
-            SELECT line_id, {column}, model_name, model_version, frames, observed, expected,
-                   {_psi_sql('observed', 'expected')} AS psi
+            SELECT line_id, {column}, model_name, model_version, frames, counts, observed, expected,
+                   arrayMap(c -> (c + {PSEUDOCOUNT}) / (frames + {PSEUDOCOUNT} * length(counts)), counts) AS smoothed,
+                   {_psi_sql('smoothed', 'expected')} AS psi
             FROM
             (
                 SELECT line_id, {column}, model_name, model_version, count() AS frames,
                        any(ref_expected) AS expected, groupArray(bin) AS bins,
-                       arrayMap(k -> countEqual(bins, k) / frames, arrayEnumerate(expected)) AS observed
+                       arrayMap(k -> countEqual(bins, k), arrayEnumerate(expected)) AS counts,
+                       arrayMap(c -> c / frames, counts) AS observed
                 FROM
                 (
                     SELECT v.line_id AS line_id, {bucket.replace('captured_at', 'v.captured_at')} AS {column},
@@ -178,10 +184,10 @@ class ModelReference:
         if not counts or not edges or len(edges) != len(counts) + 1 or sum(counts) <= 0:
             return None  # an old or hand-made manifest without a reference: no drift for it
         total = float(sum(counts))
-        smoothed = total + REFERENCE_PSEUDOCOUNT * len(counts)
+        smoothed = total + PSEUDOCOUNT * len(counts)
         return cls(manifest.name, manifest.version, folder, manifest.kind,
                    float(manifest.thresholds.value), [float(e) for e in edges],
-                   [(c + REFERENCE_PSEUDOCOUNT) / smoothed for c in counts], int(total))
+                   [(c + PSEUDOCOUNT) / smoothed for c in counts], int(total))
 
 
 def find_model_references(model_dir: str | Path) -> list[ModelReference]:

@@ -1,0 +1,1 @@
+"""The synchronous inspection API, the operator dashboard (``lineguard serve``) and ``lineguard tail``."""

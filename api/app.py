@@ -129,21 +129,24 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {400: "Bad request", 401: "Missing or wrong X-API-Key", 404: "Not found",
+    text = {400: "Malformed request body (e.g. broken multipart)", 401: "Missing or wrong X-API-Key", 404: "Not found",
             413: "Upload or image too large", 415: "Not a JPEG or PNG image",
             422: "Invalid request or undecodable image", 503: "ClickHouse or the object store is unavailable"}
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413 before they are buffered.
+    """Refuse request bodies over ``limit`` bytes with 413, never buffering more than the limit.
 
     The declared Content-Length is checked first; a chunked body is counted as it
-    streams in and cut off at the limit.
+    streams in and cut off at the limit. Before answering, up to ``drain`` further
+    bytes are read and dropped: a client still sending when the answer comes would
+    otherwise see a reset connection instead of the 413. Beyond that the
+    connection is simply closed.
     """
 
-    def __init__(self, app, limit: int) -> None:  # noqa: ANN001 - an ASGI app
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, drain: int = 32 * 1024 * 1024) -> None:  # noqa: ANN001 - ASGI app
+        self.app, self.limit, self.drain = app, limit, drain
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
@@ -152,6 +155,8 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            if int(declared) <= self.limit + self.drain:
+                await self._discard(receive, self.limit + self.drain)
             await self._refuse(send)
             return
         seen = 0
@@ -166,15 +171,24 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     exceeded = True  # the app sees a client that went away and stops reading
+                    if not message.get("more_body", False):
+                        seen = -1  # the body has ended: nothing left to discard
                     return {"type": "http.disconnect"}
             return message
 
+        async def refuse_once() -> None:
+            nonlocal refused
+            if not refused:
+                refused = True
+                if seen >= 0:
+                    await self._discard(receive, self.drain)
+                await self._refuse(send)
+
         async def guarded_send(message) -> None:  # noqa: ANN001
-            nonlocal started, refused
+            nonlocal started
             if exceeded:  # whatever the app answers to the cut-off body, the client gets 413
-                if not started and not refused:
-                    refused = True
-                    await self._refuse(send)
+                if not started:
+                    await refuse_once()
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -185,8 +199,18 @@ class BodyLimit:
         except Exception:
             if not exceeded:
                 raise
-        if exceeded and not started and not refused:
-            await self._refuse(send)
+        if exceeded and not started:
+            await refuse_once()
+
+    @staticmethod
+    async def _discard(receive, budget: int) -> None:  # noqa: ANN001
+        while budget > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            budget -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     async def _refuse(self, send) -> None:  # noqa: ANN001
         body = json.dumps({"error": "payload_too_large",
@@ -244,7 +268,8 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        codes = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                 413: "payload_too_large"}
         headers = dict(exc.headers or {})  # e.g. Allow on 405
         if exc.status_code == 401:
             headers["WWW-Authenticate"] = "APIKey"
@@ -277,7 +302,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
     # -- inspection ------------------------------------------------------------------------
 
     @app.post("/inspect/{product}", response_model=InspectResult, dependencies=authed, tags=["inspection"],
-              responses=_responses(401, 404, 413, 415, 422),
+              responses=_responses(400, 401, 404, 413, 415, 422),
               summary="Score one image now and return the verdict")
     def inspect_image(
         product: Annotated[str, PathParam(pattern=NAME_PATTERN, description="product, as in the model folder")],

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from lineguard.config import Settings
 from lineguard.sinks.clickhouse import VerdictStore, open_store
-from lineguard.sinks.heatmaps import LocalFolderStore, ObjectStore, S3Store, check_key, open_object_store
+from lineguard.sinks.heatmaps import ObjectStore, check_key, open_object_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,24 +120,12 @@ class HeatmapReader:
         line = key.split("/", 1)[0]
         check_key(key, line)  # SchemaError (a ValueError) for anything that is not <line>/.../<name>
         store = self._get_store()
-        if isinstance(store, LocalFolderStore):
-            path = store.path_of(key)
-            return path.read_bytes() if path.is_file() else None
-        if isinstance(store, S3Store):
-            from minio.error import S3Error
-
-            try:
-                response = store.client.get_object(store.bucket, key)
-            except S3Error as exc:
-                if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
-                    return None
-                raise Unavailable(f"S3 error {exc.code}") from None
-            try:
-                return response.read()
-            finally:
-                response.close()
-                response.release_conn()
-        raise Unavailable(f"cannot read back from {type(store).__name__}")
+        try:
+            return store.get(key)
+        except ValueError:
+            raise
+        except Exception as exc:  # the store is down or refuses: the caller answers 503
+            raise Unavailable(f"object store error: {type(exc).__name__}") from None
 
     def close(self) -> None:
         if self._store is not None:

@@ -52,13 +52,14 @@ def _trials(fn, n_images: int, trials: int, repeats: int) -> dict[str, float]:
 
 
 def run(model_dir: str | Path, data: str | Path | None = None, *, batches: tuple[int, ...] = (1, 16),
-        onnx_file: str = ONNX_FILE, threads: int = 0, trials: int = 7, seconds_per_trial: float = 1.5
-        ) -> dict[str, Any]:
-    engine = ScoringEngine(model_dir, onnx_file=onnx_file, threads=threads)
+        onnx_file: str = ONNX_FILE, threads: int = 0, spin: bool = False, trials: int = 7,
+        seconds_per_trial: float = 1.5) -> dict[str, Any]:
+    engine = ScoringEngine(model_dir, onnx_file=onnx_file, threads=threads, spin=spin)
     size = (engine.manifest.input.height, engine.manifest.input.width)
     result: dict[str, Any] = {
         "model": str(model_dir), "kind": engine.manifest.kind, "onnx_file": onnx_file,
-        "providers": engine.providers, "threads": threads or os.cpu_count(), "input_size": list(size),
+        "providers": engine.providers, "threads": threads or os.cpu_count(), "spin": spin,
+        "input_size": list(size),
         "memory_bank_size": engine.manifest.extra.get("memory_bank_size"),
         "load_average_1m_before": round(os.getloadavg()[0], 2), "batches": {},
     }
@@ -85,7 +86,7 @@ def run(model_dir: str | Path, data: str | Path | None = None, *, batches: tuple
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"### {result['kind']} `{result['model']}` ({result['onnx_file']}, {', '.join(result['providers'])}, "
-             f"{result['threads']} threads)", "",
+             f"{result['threads']} threads{', spinning' if result['spin'] else ''})", "",
              "| batch | graph img/s best | graph median | engine img/s best | engine median | graph CPU ms/img |",
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for batch, r in result["batches"].items():
@@ -103,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="images to score (MVTec root or folder); default random noise")
     parser.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 1 and 16)")
     parser.add_argument("--onnx-file", default=ONNX_FILE)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    parser.add_argument("--spin", action="store_true", help="let idle ORT workers spin (a dedicated scoring box)")
     parser.add_argument("--trials", type=int, default=7)
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args(argv)
     result = run(args.model, args.data, batches=tuple(args.batch or (1, 16)), onnx_file=args.onnx_file,
-                 threads=args.threads, trials=args.trials)
+                 threads=args.threads, spin=args.spin, trials=args.trials)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     print(markdown(result))

@@ -47,6 +47,10 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such object."""
+
     def close(self) -> None:
         """Release connections (nothing to do for most stores)."""
 
@@ -64,6 +68,10 @@ class LocalFolderStore(ObjectStore):
         if not path.is_relative_to(self.root):  # defence in depth behind check_key
             raise ValueError(f"key {key!r} escapes {self.root}")
         return path
+
+    def get(self, key: str) -> bytes | None:
+        path = self.path_of(key)
+        return path.read_bytes() if path.is_file() else None
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self.path_of(key)
@@ -133,6 +141,21 @@ class S3Store(ObjectStore):
     def put(self, key: str, data: bytes, content_type: str) -> None:
         self.client.put_object(self.bucket, key, io.BytesIO(data), length=len(data),
                                content_type=content_type)
+
+    def get(self, key: str) -> bytes | None:
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
+                return None
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
 
     def __repr__(self) -> str:
         return f"S3Store(endpoint={self.endpoint!r}, bucket={self.bucket!r})"

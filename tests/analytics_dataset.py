@@ -203,16 +203,19 @@ def _build(stack, root: Path) -> Dataset:  # noqa: ANN001
         assert f"delivered={CLI_FRAMES} failed=0" in out, out[-2000:]
         distinct = len(phase1) + len(phase2) + CLI_FRAMES
         wait_for(lambda: verdict_count() >= distinct, 120, "phase-2 verdicts")
-        out = run_to_end("sink-clickhouse", ["sink", "clickhouse", "--lines", ",".join(lines), "--until-idle", "3"])
+        out = run_to_end("sink-clickhouse", ["sink", "clickhouse", "--lines", ",".join(lines), "--until-idle", "2"])
         assert f"written={distinct} deadletter=0" in out, out[-2000:]
 
         # Replay: phase-1 frames sent again; washer ones are now scored by v2.
         replay = rng.sample(phase1, REPLAYED)
         _send(kafka, replay)
         wait_for(lambda: verdict_count() >= distinct + REPLAYED, 120, "replayed verdicts")
-        out = run_to_end("sink-clickhouse", ["sink", "clickhouse", "--lines", ",".join(lines), "--until-idle", "3"])
-        assert f"written={REPLAYED} deadletter=0" in out, out[-2000:]
-        run_to_end("sink-heatmaps", ["sink", "heatmaps", "--lines", ",".join(lines), "--until-idle", "3"], s3_env)
+        # The second ClickHouse run and the heatmap sink side by side (they share nothing).
+        sinks = [start("sink-clickhouse", ["sink", "clickhouse", "--lines", ",".join(lines), "--until-idle", "2"]),
+                 start("sink-heatmaps", ["sink", "heatmaps", "--lines", ",".join(lines), "--until-idle", "2"], s3_env)]
+        for sink in sinks:
+            assert sink.wait(180) == 0, sink.output()[-3000:]
+        assert f"written={REPLAYED} deadletter=0" in sinks[0].output(), sinks[0].output()[-2000:]
         assert processor.alive(), processor.output()[-3000:]
     finally:
         for comp in components:

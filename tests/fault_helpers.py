@@ -69,6 +69,30 @@ def try_scrape_sum(port: int, name: str, **labels: str) -> float | None:
         return None
 
 
+def assigned_partitions(port: int) -> set[tuple[str, str]]:
+    """The partitions a processor reports lag for on /metrics: the ones it holds now."""
+    try:
+        samples = scrape(port)
+    except OSError:
+        return set()
+    return {(dict(labels)["topic"], dict(labels)["partition"]) for (name, labels) in samples
+            if name == "lineguard_processor_consumer_lag"}
+
+
+def cameras_for_partitions(line: str, n: int, partitions: int) -> list[str]:
+    """``n`` camera ids for ``line`` whose keys land on distinct partitions (librdkafka's default
+    partitioner hashes the key with CRC-32), so frames spread over every partition."""
+    import zlib
+
+    chosen: dict[int, str] = {}
+    k = 0
+    while len(chosen) < min(n, partitions):
+        camera = f"{line}-cam{k}"
+        chosen.setdefault(zlib.crc32(camera.encode()) % partitions, camera)
+        k += 1
+    return list(chosen.values())
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` from /proc/<pid>/status (VmRSS, KiB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -102,7 +126,8 @@ class Tally:
 class FaultPipeline:
     """Lines of its own on the shared stack; components as real processes; logs under ``root``."""
 
-    def __init__(self, stack, root: Path, models: Path, name: str, **env: str) -> None:  # noqa: ANN001
+    def __init__(self, stack, root: Path, models: Path, name: str, kafka: KafkaConfig | None = None,  # noqa: ANN001
+                 **env: str) -> None:
         tag = uuid.uuid4().hex[:6]
         self.name = name
         self.lines = [f"{name[:8]}{tag}-a", f"{name[:8]}{tag}-b"]
@@ -110,7 +135,7 @@ class FaultPipeline:
         self.state = root / "state"
         self.models = models
         self.stack = stack
-        self.kafka = KafkaConfig(bootstrap_servers=stack.kafka_bootstrap)
+        self.kafka = kafka or KafkaConfig(bootstrap_servers=stack.kafka_bootstrap)  # the test's own client settings
         self.group = f"processors-{tag}"
         self.env = component_env(
             stack.kafka_bootstrap, self.state,
@@ -141,14 +166,19 @@ class FaultPipeline:
             extra["LINEGUARD_PROCESSOR__METRICS_PORT"] = str(metrics_port)
         return self.start(name, ["process", "--lines", ",".join(self.lines)], **extra)
 
-    def producers(self, count: int, fps: float, size: int = 128, **env: str) -> list[Component]:
-        return [
-            self.start(f"produce-{line}", ["produce", "--line", line, "--camera", f"cam-{i}", "--product", PRODUCT,
-                                           "--source", "synthetic", "--count", str(count), "--fps", str(fps),
-                                           "--size", str(size), "--defect-rate", "0.2", "--seed", str(20 + i)],
-                       **env)
-            for i, line in enumerate(self.lines)
-        ]
+    def producers(self, count: int, fps: float, size: int = 128, cameras_per_line: int = 1,
+                  **env: str) -> list[Component]:
+        """``lineguard produce`` per camera: ``cameras_per_line`` cameras on each line, whose ids are
+        chosen to hash to different partitions (the key is the camera id), ``count`` frames each."""
+        comps = []
+        for i, line in enumerate(self.lines):
+            for j, camera in enumerate(cameras_for_partitions(line, cameras_per_line, self.kafka.frame_partitions)):
+                comps.append(self.start(
+                    f"produce-{camera}",
+                    ["produce", "--line", line, "--camera", camera, "--product", PRODUCT, "--source", "synthetic",
+                     "--count", str(count), "--fps", str(fps), "--size", str(size), "--defect-rate", "0.2",
+                     "--seed", str(20 + 10 * i + j)], **env))
+        return comps
 
     def sink(self, kind: str, metrics_port: int | None = None, until_idle: float | None = None,
              **env: str) -> Component:
@@ -179,8 +209,21 @@ class FaultPipeline:
         for comp in self.components:
             comp.stop(timeout=20)
 
+    def group_members(self) -> str:
+        """The processors' group as the broker sees it: state and each member's partitions."""
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            admin = AdminClient(self.kafka.confluent())
+            group = admin.describe_consumer_groups([self.group])[self.group].result(timeout=10)
+            members = "; ".join(f"{m.member_id[-8:]}@{m.host}: " + ",".join(
+                f"{tp.topic[-2:]}[{tp.partition}]" for tp in m.assignment.topic_partitions) for m in group.members)
+            return f"group {self.group} {group.state}: {members}"
+        except Exception as exc:  # noqa: BLE001 - diagnostics only
+            return f"group {self.group}: {exc}"
+
     def logs(self) -> str:
-        return "\n".join(f"--- {getattr(c, 'name', '?')} (pid {c.pid})\n" + "\n".join(log_text(c).splitlines()[-25:])
+        return self.group_members() + "\n" + "\n".join(f"--- {getattr(c, 'name', '?')} (pid {c.pid})\n" + "\n".join(log_text(c).splitlines()[-25:])
                          for c in self.components)
 
     # ---- counting
@@ -197,9 +240,9 @@ class FaultPipeline:
     def count(self, topic_names: list[str]) -> int:
         return sum(count_messages(self.kafka, t) for t in topic_names)
 
-    def frames_in_topics(self) -> list[Frame]:
-        expect = self.count(self.frame_topics())
-        return read_topics(self.kafka, self.frame_topics(), _frame_or_none, expect=expect, timeout_s=60, settle_s=1)
+    def frames_in_topics(self) -> list[tuple[tuple[str, int, int], Frame | None]]:
+        """Every message of the frame topics with its (topic, partition, offset); None if not a Frame."""
+        return read_positions(self.kafka, self.frame_topics(), _frame_or_none)
 
     def verdicts(self, expect: int) -> list[Verdict]:
         return read_topics(self.kafka, self.verdict_topics(), Verdict.decode, expect=expect, timeout_s=90, settle_s=1)
@@ -226,23 +269,26 @@ class FaultPipeline:
         except AssertionError:
             raise AssertionError(f"sink {group} did not catch up\n{self.logs()}") from None
 
-    def tally(self, fault: str, sent: int, store: VerdictStore | None = None, expect_deadletters: int = 0,
+    def tally(self, fault: str, sent: int, store: VerdictStore | None = None,
               sent_ids: set[str] | None = None, **extra: int) -> Tally:
         """Count everything; ``store`` (default: the chdb under the state dir) holds the sink's rows.
 
         ``sent_ids``: the frame ids the test produced itself, so the frame topics need not be
         read back (they can hold gigabytes); their message count is still checked."""
+        letters = self.dead_letters()
+        letter_positions = {(d.source_topic, d.partition, d.offset) for d in letters}
         if sent_ids is None:
-            frames = [f for f in self.frames_in_topics() if f is not None]
-            frame_ids = {f.frame_id for f in frames}
-            in_topics = len(frames)
+            messages = self.frames_in_topics()
+            in_topics = len(messages)
+            # A message is accounted for by a dead letter naming its position, or else must be a frame.
+            frame_ids = {f.frame_id for pos, f in messages if f is not None and pos not in letter_positions}
+            unaccounted = sum(1 for pos, f in messages if f is None and pos not in letter_positions)
         else:
             frame_ids = set(sent_ids)
             in_topics = self.count(self.frame_topics())
-        verdicts = self.verdicts(expect=len(frame_ids) - expect_deadletters)
+            unaccounted = 0
+        verdicts = self.verdicts(expect=len(frame_ids))
         verdict_ids = Counter(v.frame_id for v in verdicts)
-        letters = self.dead_letters()
-        letter_ids = {d.frame_id for d in letters if d.frame_id}
         own = store is None
         store = store or ChdbStore(self.state / "chdb")
         lines_sql = ", ".join(f"'{topics.check_line_id(line)}'" for line in self.lines)  # safe characters only
@@ -255,14 +301,42 @@ class FaultPipeline:
             if own:
                 store.close()
         n_rows, n_row_frames = int(rows[0]["rows"]), int(rows[0]["frames"])
-        scored_ids = frame_ids - letter_ids
-        lost = len(frame_ids - set(verdict_ids) - letter_ids) + len(scored_ids - row_ids)
+        lost = unaccounted + len(frame_ids - (set(verdict_ids) & row_ids))  # no verdict, or no row
         return Tally(
             fault=fault, sent=sent, in_topics=in_topics, verdicts=len(verdicts),
             verdict_frames=len(set(verdict_ids) & frame_ids), rows=n_rows, deadletter=len(letters),
             lost=lost, duplicate_rows=n_rows - n_row_frames,
             extra={"replayed_verdicts": sum(n - 1 for n in verdict_ids.values()), **extra},
         )
+
+
+def read_positions(kafka: KafkaConfig, topic_names: list[str], decode, timeout_s: float = 60.0):  # noqa: ANN001,ANN201
+    """Every message of ``topic_names`` from the beginning: [((topic, partition, offset), decode(value))].
+    Reads up to the end offsets taken when called."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from lineguard.kafka_admin import consumer_config, topic_end_offsets
+
+    ends = {(t, part): end for t in topic_names for part, end in topic_end_offsets(kafka, t).items()}
+    remaining = {key for key, end in ends.items() if end > 0}
+    consumer = Consumer(consumer_config(kafka, f"test-positions-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False}))
+    consumer.assign([TopicPartition(t, part, 0) for (t, part) in remaining] or [])
+    out = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while remaining and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            key = (msg.topic(), msg.partition())
+            if msg.offset() < ends[key]:
+                out.append(((msg.topic(), msg.partition(), msg.offset()), decode(msg.value())))
+            if msg.offset() >= ends[key] - 1:
+                remaining.discard(key)
+    finally:
+        consumer.close()
+    assert not remaining, f"could not read {remaining} to their end"
+    return out
 
 
 def _frame_or_none(data: bytes) -> Frame | None:

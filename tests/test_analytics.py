@@ -181,10 +181,10 @@ def test_drift_views_match_python_psi(store, dataset, latest, grain):
         ref = refs[(key[2], key[3])]
         edges = np.array(ref.edges)
         counts, _ = np.histogram(np.clip(scores, edges[0], edges[-1]), bins=edges)
-        observed = counts / counts.sum()
-        assert got[key]["frames"] == len(scores)
-        assert np.allclose(got[key]["observed"], observed, rtol=0, atol=1e-12)
-        assert _close(got[key]["psi"], _psi(observed, np.array(ref.expected))), key
+        assert got[key]["frames"] == len(scores) and got[key]["counts"] == counts.tolist()
+        assert np.allclose(got[key]["observed"], counts / counts.sum(), rtol=0, atol=1e-12)
+        smoothed = (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
+        assert _close(got[key]["psi"], _psi(smoothed, np.array(ref.expected))), key
     if grain == "day":
         print("\ndaily PSI (line, day, model version: psi over n normal frames):")
         for key in sorted(got):
@@ -407,3 +407,12 @@ def test_report_prints_tables_and_writes_charts(dataset, latest, window, tmp_pat
             assert len(img.convert("RGB").getcolors(1 << 20) or []) > 50, name
     # Kept for people to look at (artifacts/ is git-ignored).
     shutil.copytree(png_dir, ARTIFACTS / "report", dirs_exist_ok=True)
+
+
+def test_readme_cookbook_is_the_code():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### SQL cookbook", 1)[1].split("\n## ", 1)[0]
+    for name in cookbook.QUERIES:
+        assert f"`{name}`" in section, name
+    for name in ("defect_rate_by_shift", "worst_cameras", "defect_pareto_by_product"):
+        assert cookbook.QUERIES[name].render("lineguard").strip() in section, name

@@ -27,7 +27,7 @@ from lineguard.engines.training import train
 from lineguard.producers.synthetic import SyntheticCamera
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fault_helpers import ChdbHttpServer, FaultPipeline, committed, free_port, log_text, try_scrape_sum  # noqa: E402
+from fault_helpers import ChdbHttpServer, FaultPipeline, assigned_partitions, committed, free_port, log_text, try_scrape_sum  # noqa: E402
 from pipeline_helpers import wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -55,19 +55,30 @@ def test_processor_crash_sigkill_one_of_two_workers(stack, models: Path, tmp_pat
     from the last committed offset: some verdicts repeat (at-least-once), none is
     missing, and ClickHouse still holds exactly one row per frame.
     """
-    per_line, fps = 150, 15
+    per_camera, fps = 75, 8
     p = FaultPipeline(stack, tmp_path, models, "crash")
     ports = [free_port(), free_port()]
     workers = [p.processor(f"processor-{i}", metrics_port=port) for i, port in enumerate(ports)]
     sink = p.sink("clickhouse")
     try:
-        wait_for(lambda: all(_up(port) for port in ports), 120, "both workers' metrics endpoints")
-        producers = p.producers(count=per_line, fps=fps)
+        total = 2 * p.kafka.frame_partitions
+
+        def balanced() -> bool:
+            held = [assigned_partitions(port) for port in ports]
+            return all(held) and not (held[0] & held[1]) and len(held[0] | held[1]) == total
+
+        wait_for(balanced, 120, "both workers in the group, each holding frame partitions")
+        producers = p.producers(count=per_camera, fps=fps, cameras_per_line=2)
         # Mid-stream: both workers have scored frames and about a third of the frames have verdicts.
-        wait_for(lambda: p.count(p.verdict_topics()) >= (2 * per_line) // 3
+        wait_for(lambda: p.count(p.verdict_topics()) >= (4 * per_camera) // 3
                  and all((try_scrape_sum(port, "lineguard_processor_verdicts_out_total") or 0) > 0 for port in ports),
-                 120, "both workers scoring")
+                 120, "both workers scoring")  # noqa: E501
         victim = workers[1]
+        # Kill it while it holds frames it has not acknowledged (read, batching or scoring).
+        in_flight = 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and in_flight <= 0:
+            in_flight = int(try_scrape_sum(ports[1], "lineguard_processor_pending_frames") or 0)
         victim.stop(signal.SIGKILL)
         killed_at = p.count(p.verdict_topics())
         assert victim.proc.returncode == -signal.SIGKILL
@@ -77,9 +88,9 @@ def test_processor_crash_sigkill_one_of_two_workers(stack, models: Path, tmp_pat
         p.wait_sink_caught_up(p.sink_group("clickhouse"), p.verdict_topics(), 60)
     finally:
         p.stop_all()
-    tally = p.tally("processor_crash", sent, verdicts_when_killed=killed_at)
+    tally = p.tally("processor_crash", sent, verdicts_when_killed=killed_at, victim_in_flight_at_kill=in_flight)
     print(tally.line())
-    assert tally.in_topics == sent == 2 * per_line
+    assert tally.in_topics == sent == 4 * per_camera
     assert tally.deadletter == 0
     assert tally.verdict_frames == sent and tally.lost == 0
     assert tally.rows == sent and tally.duplicate_rows == 0
@@ -356,3 +367,77 @@ def test_back_pressure_memory_stays_bounded_and_lag_drains(stack, models: Path, 
     assert last - first < 128 * 1024, "processor RSS kept growing through the burst"
     assert tally.verdict_frames == sent == tally.in_topics and tally.lost == 0 and tally.deadletter == 0
     assert tally.rows == sent and tally.duplicate_rows == 0
+
+
+@pytest.mark.timeout(240)
+def test_poison_frames_end_in_dead_letters_and_the_processor_keeps_running(stack, models: Path,
+                                                                           tmp_path: Path) -> None:  # noqa: ANN001
+    """Hostile frames on the real stack: each ends in lineguard.deadletter with its reason code
+    (counted per reason on /metrics as well); good frames around them are scored; nothing crashes."""
+    import msgpack
+    import numpy as np
+    from confluent_kafka import Producer
+
+    from lineguard.kafka_admin import producer_config
+    from lineguard.schemas import Frame, new_frame_id, topics
+    from lineguard.schemas import image as imagecodec
+
+    from fault_helpers import scrape
+    from test_hostile_input import _jpeg_declaring, _png_declaring
+
+    p = FaultPipeline(stack, tmp_path, models, "poison")
+    port = free_port()
+    worker = p.processor(metrics_port=port)
+    sink = p.sink("clickhouse")
+    line, other = p.lines
+    good_jpeg, _, _ = imagecodec.encode(SyntheticCamera(size=128, seed=5, defect_rate=0).render(0).image, "jpeg")
+
+    def frame(**kw) -> Frame:  # noqa: ANN003
+        base = dict(frame_id=new_frame_id(), line_id=line, camera_id="cam-p", product="washer",
+                    captured_at_ns=time.time_ns(), seq=0, encoding="jpeg", image=good_jpeg)
+        base.update(kw)
+        return Frame(**base)
+
+    huge_ts = frame().to_dict()
+    huge_ts["captured_at_ns"] = 2**64 - 1
+    bad_dtype = frame(encoding="raw").to_dict()
+    bad_dtype.update(dtype="float64", shape=[4, 4], image=bytes(128))
+    poison = [
+        ("unknown_line", frame(line_id="no-such-line").encode()),         # arrives on `line`'s topic
+        ("unknown_line", frame(line_id=other).encode()),                  # another line's frame on this topic
+        ("unknown_product", frame(product="no-such-part").encode()),
+        ("image_too_large", frame(encoding="png", image=_png_declaring(100_000, 100_000)).encode()),
+        ("image_too_large", frame(encoding="jpeg", image=_jpeg_declaring(65_000, 65_000)).encode()),
+        ("invalid_field", msgpack.packb(huge_ts, use_bin_type=True)),
+        ("invalid_field", msgpack.packb(bad_dtype, use_bin_type=True)),
+        ("undecodable_image", frame(encoding="raw", dtype="uint8", shape=[8, 8], image=bytes(7)).encode()),
+        ("malformed", np.random.default_rng(1).bytes(300)),
+    ]
+    good = [frame(camera_id="cam-g", seq=i) for i in range(10)]
+    try:
+        wait_for(lambda: _up(port), 120, "the processor's metrics endpoint")
+        producer = Producer(producer_config(p.kafka))
+        for i, (_, payload) in enumerate(poison):
+            producer.produce(topics.frames(line), key=b"cam-p", value=payload)
+            producer.produce(topics.frames(line), key=b"cam-g", value=good[i].encode())
+        producer.produce(topics.frames(line), key=b"cam-g", value=good[-1].encode())
+        assert producer.flush(30) == 0
+        sent = len(poison) + len(good)
+        p.wait_all_scored(len(good), 120, "good frames scored around the poison")
+        p.wait_sink_caught_up(p.sink_group("clickhouse"), p.verdict_topics(), 60)
+        assert worker.alive(), log_text(worker)[-3000:]
+        samples = scrape(port)
+    finally:
+        p.stop_all()
+    letters = p.dead_letters()
+    by_reason = sorted(d.reason for d in letters)
+    assert by_reason == sorted(reason for reason, _ in poison)
+    assert all(d.source_topic == topics.frames(line) and d.error and d.component == "processor" for d in letters)
+    for reason in {r for r, _ in poison}:
+        expected = sum(1 for r, _ in poison if r == reason)
+        assert samples[("lineguard_processor_dead_letters_total", (("reason", reason),))] == expected
+    tally = p.tally("poison", sent)
+    print(tally.line() + " reasons=" + ",".join(by_reason))
+    assert tally.in_topics == sent and tally.deadletter == len(poison)
+    assert tally.verdict_frames == len(good) and tally.lost == 0
+    assert tally.rows == len(good) and tally.duplicate_rows == 0

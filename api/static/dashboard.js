@@ -49,10 +49,17 @@ const svgEl = (tag, attrs = {}, text) => {
 const pct = (x) => (100 * x).toFixed(1) + " %";
 const when = (iso) => iso.replace("T", " ").replace(/(:\d\d)(\.\d+)?Z$/, "$1");
 
+// The smallest 1, 2, 2.5 or 5 x 10^k at or above v: round axis ticks.
+function niceCeil(v) {
+  if (!(v > 0)) return 1;
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  return [1, 2, 2.5, 5, 10].map((m) => m * p).find((c) => c >= v);
+}
+
 // A line chart: series = [{name, points: [{t: Date, v: number}]}], guides = [{v, label, colour}].
 function lineChart(svg, series, { yFormat = (v) => v.toFixed(2), guides = [], grain = "day" } = {}) {
   svg.replaceChildren();
-  const W = 640, H = 260, L = 52, R = 120, T = 12, B = 34;
+  const W = 720, H = 260, L = 52, R = 190, T = 12, B = 34;
   const all = series.flatMap((s) => s.points);
   if (!all.length) {
     svg.append(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no data in this window"));
@@ -61,7 +68,7 @@ function lineChart(svg, series, { yFormat = (v) => v.toFixed(2), guides = [], gr
   const step = grain === "hour" ? 3600e3 : 86400e3;
   let t0 = Math.min(...all.map((p) => p.t)), t1 = Math.max(...all.map((p) => p.t));
   if (t1 - t0 < step) { t0 -= step / 2; t1 += step / 2; }
-  let vMax = Math.max(...all.map((p) => p.v), ...guides.map((g) => g.v)) * 1.1 || 1;
+  const vMax = niceCeil(Math.max(...all.map((p) => p.v), ...guides.map((g) => g.v)) * 1.05);
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => H - B - (Math.min(v, vMax) / vMax) * (H - T - B);
   for (let i = 0; i <= 4; i++) {
@@ -123,7 +130,7 @@ async function refresh() {
     lineChart(document.getElementById("rate-chart"), groupSeries(rates, (r) => r.line_id, (r) => r.defect_rate),
       { yFormat: (v) => (100 * v).toFixed(0) + "%", grain });
     lineChart(document.getElementById("drift-chart"),
-      groupSeries(drift.filter((r) => r.psi !== null), (r) => `${r.line_id} ${r.model_version}`, (r) => r.psi),
+      groupSeries(drift.filter((r) => r.psi !== null), (r) => `${r.line_id} ${r.model_name} ${r.model_version}`, (r) => r.psi),
       { grain, guides: [{ v: 0.1, label: "watch", colour: "#b8860b" }, { v: 0.25, label: "drift", colour: "#c62828" }] });
     await renderDefects(defects);
     error.textContent = "";

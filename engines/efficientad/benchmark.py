@@ -35,14 +35,18 @@ def count_graph_flops(onnx_path: str | Path) -> dict[str, float]:
         dim0 = tensor.type.tensor_type.shape.dim[0]
         dim0.Clear()
         dim0.dim_value = 1
-    model = shape_inference.infer_shapes(model)
+    model = shape_inference.infer_shapes(model, data_prop=True)  # data_prop: Resize sizes computed in-graph
     shapes = {vi.name: _dims(vi) for vi in list(model.graph.value_info) + list(model.graph.output)
               + list(model.graph.input)}
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    unknown = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+               and (not shapes.get(n.output[0]) or any(d <= 0 for d in shapes[n.output[0]]))]
+    if unknown:  # shapes computed in-graph (e.g. "same" padding): run it once at batch 1 to see them
+        shapes.update(_run_shapes(model, unknown))
     conv = matmul = 0
     for node in model.graph.node:
         out = shapes.get(node.output[0])
-        if not out or any(d <= 0 for d in out):
+        if not out:
             continue
         if node.op_type == "Conv":
             w = weights.get(node.input[1]) or shapes.get(node.input[1])
@@ -53,6 +57,21 @@ def count_graph_flops(onnx_path: str | Path) -> dict[str, float]:
             k = a[-2] if trans_a else a[-1]
             matmul += 2 * int(k) * int(np.prod(out))
     return {"conv_gflops": conv / 1e9, "matmul_gflops": matmul / 1e9, "gflops": (conv + matmul) / 1e9}
+
+
+def _run_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
+    """Actual shapes of tensors ``names``, from one ONNX Runtime run on a zero image."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name in names:
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+            for i in session.get_inputs()}
+    values = session.run(names, feed)
+    return {name: list(v.shape) for name, v in zip(names, values)}
 
 
 def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

@@ -8,7 +8,7 @@ and the torch reference are the same computation:
     image -> backbone layers -> 3x3 average pool (local neighbourhood)
           -> upsample to the first layer's grid, concatenate
           -> average-pool channels to target_dim           (patch features, N x HW x D)
-          -> squared distances to the bank as ||a||^2 - 2ab + ||b||^2 (one matmul)
+          -> squared distances to the bank as ||a||^2 - 2ab + ||b||^2 (one Gemm)
           -> nearest bank entry per patch (TopK 1)           (patch scores)
           -> image score: max patch score, re-weighted by how isolated its nearest bank entry is
           -> patch scores upsampled + Gaussian-blurred       (anomaly map)
@@ -59,6 +59,7 @@ class PatchcoreModel(nn.Module):
         # Filled by fit(): the coreset (M x D), its squared norms, and for each entry the indices of its
         # num_neighbors nearest entries (itself first), used to re-weight the image score.
         self.register_buffer("memory_bank", torch.zeros(0, self.embedding_dim))
+        self.register_buffer("bank_neg2_t", torch.zeros(self.embedding_dim, 0))  # -2 * bank^T, for one Gemm
         self.register_buffer("bank_sq_norms", torch.zeros(0))
         self.register_buffer("bank_neighbors", torch.zeros(0, num_neighbors, dtype=torch.long))
 
@@ -85,21 +86,28 @@ class PatchcoreModel(nn.Module):
         # Bank-to-bank nearest neighbours in row chunks: bounded memory for large banks.
         for start in range(0, bank.shape[0], 4096):
             chunk = bank[start:start + 4096]
-            d = sq[start:start + 4096, None] - 2.0 * chunk @ bank.T + sq[None, :]
-            neighbors[start:start + 4096] = torch.topk(d, k, dim=1, largest=False).indices
-            # An entry is its own nearest neighbour; make that explicit despite rounding.
-            neighbors[start:start + 4096, 0] = torch.arange(start, start + chunk.shape[0])
+            rows = torch.arange(start, start + chunk.shape[0])
+            d = sq[rows, None] - 2.0 * chunk @ bank.T + sq[None, :]
+            d[rows - start, rows] = -1.0  # each entry is its own nearest neighbour, whatever the rounding
+            neighbors[start:start + chunk.shape[0]] = torch.topk(d, k, dim=1, largest=False).indices
         self.memory_bank = bank
+        self.bank_neg2_t = (-2.0 * bank).T.contiguous()  # scaling by -2 is exact in float
         self.bank_sq_norms = sq
         self.bank_neighbors = neighbors
 
     def nearest_neighbors(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distance, index) of each patch's nearest bank entry; ``emb`` is N x HW x D."""
-        # ||a - b||^2 = ||a||^2 - 2 a.b + ||b||^2: one matmul against the bank, never N x HW x M x D.
-        sq = (emb * emb).sum(dim=2, keepdim=True)
-        dist = sq - 2.0 * (emb @ self.memory_bank.T) + self.bank_sq_norms
-        min_sq, index = torch.topk(dist, 1, dim=2, largest=False)
-        return min_sq.squeeze(2).clamp_min(0.0).sqrt(), index.squeeze(2)
+        """(distance, index) of each patch's nearest bank entry; ``emb`` is N x HW x D, results N x HW.
+
+        ``min_b ||a - b||^2 = ||a||^2 + min_b (||b||^2 - 2 a.b)``: the bracket for every (patch, entry)
+        pair is a single Gemm (``-2 bank^T`` as weights, ``||b||^2`` as bias), the only pass over the
+        large patches x bank matrix besides the minimum; ``||a||^2`` is added after the minimum, per patch.
+        """
+        hw, dim = self.grid_size[0] * self.grid_size[1], self.embedding_dim
+        flat = emb.reshape(-1, dim)
+        partial = torch.addmm(self.bank_sq_norms, flat, self.bank_neg2_t)  # (N HW) x M
+        part_min, index = torch.topk(partial, 1, dim=1, largest=False)
+        min_sq = part_min.squeeze(1) + (flat * flat).sum(dim=1)
+        return min_sq.clamp_min(0.0).sqrt().reshape(-1, hw), index.reshape(-1, hw)
 
     def image_score(self, patch_scores: torch.Tensor, locations: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """The paper's eq. 7: ``s = (1 - exp||m_test - m*|| / sum_{m in N_b(m*)} exp||m_test - m||) * s*``.
