@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 STAMP  := $(VENV)/.stamp
 
-.PHONY: demo test venv train-deps stack-deps stack-up stack-down lint clean help
+.PHONY: demo test venv train-deps stack-deps browser-deps stack-up stack-down clean help
 
 help:
 	@echo "make demo   - set up, fit a model, run 2 lines through Kafka -> processors -> sinks"
@@ -46,7 +46,11 @@ demo: $(STAMP)
 	$(BIN)/lineguard stack fetch --no-s3
 	$(BIN)/lineguard demo
 
-test: stack-deps train-deps
+# Debian's headless Chromium for the dashboard's browser test (no-op when installed).
+browser-deps:
+	bash tests/browser/install.sh
+
+test: stack-deps train-deps browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean: stack-down
