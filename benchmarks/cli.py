@@ -35,6 +35,22 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _anomalib(args: argparse.Namespace, settings: Settings) -> int:
+    from .anomalib_compare import CompareConfig, markdown, run, write_outputs
+
+    cfg = CompareConfig(data=Path(args.data), input_size=args.size, layers=tuple(args.layers.split(",")),
+                        coreset_ratio=args.coreset_ratio, match_fit_images=args.match_fit_images,
+                        trials=args.trials, seconds_per_trial=args.seconds_per_trial, onnx=not args.no_onnx,
+                        venv=Path(args.venv) if args.venv else None,
+                        work_dir=Path(args.work_dir) if args.work_dir else None)
+    result = run(cfg)
+    write_outputs(result, args.json)
+    print(markdown(result))
+    print(json.dumps({k: result[k] for k in ("throughput_ratio_b16", "throughput_ratio_b1", "image_auroc_delta",
+                                             "pixel_auroc_delta", "acceptance")}))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: engines, the pipeline, lineguard vs anomalib")
     kinds = bench.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
@@ -50,3 +66,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--json", help="write the result here (and a .md table beside it)")
     p.set_defaults(handler=_pipeline)
+
+    a = kinds.add_parser("anomalib", help="lineguard's PatchCore vs anomalib 2.7's: same backbone and data, one run")
+    a.add_argument("--data", required=True, help="MVTec-layout folder (train/good, test/, ground_truth/)")
+    a.add_argument("--json", help="write the result here (and a .md table beside it)")
+    a.add_argument("--size", type=int, default=256, help="input size in pixels (both sides)")
+    a.add_argument("--layers", default="features.6,features.13", help="MobileNetV2 layers (both sides)")
+    a.add_argument("--coreset-ratio", type=float, default=0.1, help="both sides (anomalib's default: 0.1)")
+    a.add_argument("--match-fit-images", action="store_true",
+                   help="fit anomalib on lineguard's fit split (train/good less its 20%% calibration hold-out)")
+    a.add_argument("--trials", type=int, default=7, help="timed throughput trials per batch size")
+    a.add_argument("--seconds-per-trial", type=float, default=1.5)
+    a.add_argument("--no-onnx", action="store_true", help="skip timing anomalib's model exported to ONNX")
+    a.add_argument("--venv", help="anomalib virtualenv (default .cache/anomalib-venv, created when missing)")
+    a.add_argument("--work-dir", help="keep models, logs and .npy dumps here (default: a new temp folder)")
+    a.set_defaults(handler=_anomalib)

@@ -17,7 +17,10 @@ def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
         options["backbone"] = args.backbone
     for item in args.option or []:
         key, _, value = item.partition("=")
-        options[key] = json.loads(value) if value[:1] in "[{0123456789-.tfn" else value
+        try:  # JSON where it parses (numbers, true/false, lists), else the plain string: layers=features.6
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
     path = train(args.model, args.data, args.out, name=args.name, version=args.version,
                  target_false_reject_rate=args.false_reject_rate, defects_dir=args.defects,
                  seed=args.seed, **options)

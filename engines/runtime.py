@@ -68,6 +68,12 @@ class ScoringEngine:
                  threads: int = 0, warmup: bool = True, onnx_file: str = ONNX_FILE, spin: bool = False) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.load(self.model_dir)
+        self.onnx_file = onnx_file
+        # A derived graph (model.int8.onnx, `lineguard export --int8`) scores on a slightly different scale;
+        # the threshold rescaled for it is in the manifest's extra and replaces the FP32 one here.
+        derived = self.manifest.extra.get("int8") if onnx_file != ONNX_FILE else None
+        if derived and derived.get("file") == onnx_file and derived.get("threshold") is not None:
+            self.manifest.thresholds.value = float(derived["threshold"])
         onnx_path = self.model_dir / onnx_file
         if not onnx_path.exists():
             raise FileNotFoundError(f"{onnx_path} is missing (the folder has a {MANIFEST_FILE} but no graph)")

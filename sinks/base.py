@@ -468,6 +468,13 @@ class Sink(abc.ABC, Generic[T]):
             consumer.pause(partitions)  # no new work while the current batch is failing
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._flush_on_revoke(partitions)
+        finally:
+            for p in partitions:  # their next owner commits: ask the broker again if they come back
+                self._committed.pop((p.topic, p.partition), None)
+
+    def _flush_on_revoke(self, partitions: list[TopicPartition]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
         if revoked:
             self.metrics.revocations += 1

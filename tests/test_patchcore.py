@@ -114,6 +114,9 @@ def test_train_cli_writes_manifest_with_backbone(tmp_path: Path) -> None:
     info = json.loads((out / "manifest.json").read_text())["extra"]["int8"]
     assert info["quantised_nodes"] > 30 and info["reduce_range"] is True
     int8 = ScoringEngine(out, onnx_file="model.int8.onnx")
+    # The INT8 graph runs with the FP32 threshold rescaled by the measured INT8/FP32 score ratio.
+    assert int8.threshold == pytest.approx(engine.threshold * info["threshold_scale"])
+    assert info["threshold_scale"] != 1.0
     int8_scores, _ = int8.score(normals + defects)
     assert int8_scores[4:].min() > int8_scores[:4].max()
     assert np.abs(int8_scores / scores - 1.0).max() < 0.5

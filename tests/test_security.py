@@ -266,3 +266,50 @@ def test_mes_client_reads_only_its_line_verdicts(sasl_stack: SaslStack) -> None:
     assert failures[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
     print(f"security=mes_acl line={mine} read_own=3 read_other=TOPIC_AUTHORIZATION_FAILED "
           f"write_own=TOPIC_AUTHORIZATION_FAILED")
+
+
+def test_tls_and_sasl_settings_reach_every_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SASL_SSL with a CA, a client certificate and a password file: the settings every client is
+    built from carry all of it (confluent-kafka for producers, sinks and admin; the faust/aiokafka
+    credentials of the processor), and the TLS context really loads the certificate chain.
+    (The SASL half is proven against a live broker above; no TLS listener runs locally.)"""
+    import shutil
+    import ssl
+    import subprocess
+
+    import faust
+
+    from lineguard.config import load_settings
+    from lineguard.processors.app import faust_broker_settings
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=lineguard",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    password_file = tmp_path / "pw"
+    password_file.write_text("file-secret\n")
+    for name in list(os.environ):
+        if name.startswith("LINEGUARD_"):
+            monkeypatch.delenv(name)
+    for name, value in {"SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "SCRAM-SHA-512",
+                        "SASL_USERNAME": "proc", "SASL_PASSWORD_FILE": str(password_file),
+                        "SSL_CAFILE": str(cert), "SSL_CERTFILE": str(cert), "SSL_KEYFILE": str(key)}.items():
+        monkeypatch.setenv(f"LINEGUARD_KAFKA__{name}", value)
+    monkeypatch.setenv("LINEGUARD_STATE_DIR", str(tmp_path / "state"))
+    settings = load_settings()
+    kafka = settings.kafka
+    for conf in (consumer_config(kafka, "g"), producer_config(kafka), kafka.confluent()):
+        assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.mechanism"] == "SCRAM-SHA-512"
+        assert conf["sasl.username"] == "proc" and conf["sasl.password"] == "file-secret"
+        assert conf["ssl.ca.location"] == str(cert) and conf["ssl.certificate.location"] == str(cert)
+        assert conf["ssl.key.location"] == str(key)
+    context = kafka.ssl_context()
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+    credentials = faust_broker_settings(settings)["broker_credentials"]
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.protocol.value == "SASL_SSL" and credentials.mechanism.value == "SCRAM-SHA-512"
+    assert credentials.username == "proc" and credentials.password == "file-secret"
+    assert isinstance(credentials.ssl_context, ssl.SSLContext)
+    assert "file-secret" not in repr(settings) + repr(credentials)

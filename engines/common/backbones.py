@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -55,7 +55,6 @@ class BackboneSpec:
     weights_sha256: str | None = None  # known digest of the packaged file, verified on load
     install: str = ""  # how to get the weights, shown when they are missing
     notes: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _lite(variant: int, sha: str, layers: tuple[str, str], channels: tuple[int, int]) -> BackboneSpec:

@@ -21,6 +21,7 @@ distill_steps      1000                        teacher distillation steps (``dis
 batch_size         1                           images per step (the paper uses 1)
 lr, weight_decay   1e-4, 1e-5                  Adam; lr x0.1 for the last 5% of steps
 distill_lr         1e-4                        Adam lr of the teacher distillation
+hard_quantile      0.999                       student loss = mean distance above this quantile
 single_pass        true                        ST loss on the augmented image too: one teacher +
                                                one student pass per step instead of two
 crop_size          128                         student/teacher loss on a random crop of this side
@@ -160,7 +161,7 @@ class EfficientAD(AnomalyModel):
     def __init__(self, input_size: Sequence[int] = (256, 256), backbone: str = "efficientnet_lite0",
                  teacher: str = "backbone", teacher_layers: Sequence[str] | None = None, channels: int = 384,
                  steps: int = 1000, distill_steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
-                 distill_lr: float = 1e-4,
+                 distill_lr: float = 1e-4, hard_quantile: float = HARD_QUANTILE,
                  weight_decay: float = 1e-5, single_pass: bool = True, crop_size: int = 128,
                  val_fraction: float = 0.1, checkpoint_dir: str | None = None, checkpoint_every: int = 100,
                  progress: bool = True, seed: int = 0, norm_images: int = 64,
@@ -188,6 +189,7 @@ class EfficientAD(AnomalyModel):
         self.steps, self.distill_steps = int(steps), int(distill_steps)
         self.batch_size = int(batch_size)
         self.lr, self.weight_decay, self.distill_lr = float(lr), float(weight_decay), float(distill_lr)
+        self.hard_quantile = float(hard_quantile)
         self.single_pass = bool(single_pass)
         # A crop must leave a non-empty PDN output and fit in the image; else train on whole images.
         self.crop_size = int(crop_size) if 64 <= int(crop_size) < self.size else 0
@@ -211,7 +213,7 @@ class EfficientAD(AnomalyModel):
         return {"size": self.size, "backbone": self.backbone_name, "teacher": self.teacher_kind,
                 "layers": self.teacher_layers, "channels": self.channels, "batch_size": self.batch_size,
                 "lr": self.lr, "weight_decay": self.weight_decay, "single_pass": self.single_pass,
-                "crop_size": self.crop_size,
+                "crop_size": self.crop_size, "hard_quantile": self.hard_quantile,
                 "seed": self.seed, "distill_steps": self.distill_steps if self.teacher_kind == "distilled" else 0,
                 "distill_lr": self.distill_lr if self.teacher_kind == "distilled" else 0}
 
@@ -410,7 +412,8 @@ class EfficientAD(AnomalyModel):
         self.manifest_extra.update({
             "teacher": self.teacher_kind, "steps": self.steps, "batch_size": self.batch_size,
             "distill_steps": self.distill_steps if self.teacher_kind == "distilled" else 0,
-            "single_pass": self.single_pass, "crop_size": self.crop_size, "n_train": len(train), "n_quantile_val": len(val),
+            "single_pass": self.single_pass, "crop_size": self.crop_size, "lr": self.lr,
+            "hard_quantile": self.hard_quantile, "n_train": len(train), "n_quantile_val": len(val),
             "quantiles_st": model.quantiles_st.tolist(), "quantiles_ae": model.quantiles_ae.tolist(),
             "teacher_seconds": round(teacher_s, 1), "train_seconds": round(train_s, 1),
             "gflops_per_image": round(count_conv_flops(model, self.size) / 1e9, 3),
@@ -469,7 +472,7 @@ class EfficientAD(AnomalyModel):
                 x = self._normalise(x01)
                 teacher_img, student_img = self._teacher_window(x, window), model.student(self._crop_input(x, window))
             ae = self._crop_grid(model.autoencoder(aug), window)  # the AE always sees the whole image
-            loss_st = hard_feature_loss(teacher_img, student_img[:, :c])
+            loss_st = hard_feature_loss(teacher_img, student_img[:, :c], self.hard_quantile)
             loss_ae = (teacher_aug - ae).pow(2).mean()
             loss_stae = (ae - student_aug[:, c:]).pow(2).mean()
             loss = loss_st + loss_ae + loss_stae
