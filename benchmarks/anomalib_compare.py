@@ -86,10 +86,12 @@ def ensure_venv(venv: Path, log: Path | None = None) -> Path:
 
 @dataclass
 class Measured:
-    """One finished subprocess: exit status, wall time and its own peak RSS (from the kernel)."""
+    """One finished subprocess: exit status, wall time, CPU time (user + system: less sensitive to other
+    processes on a shared machine than wall time) and its own peak RSS, from the kernel."""
 
     returncode: int
     wall_s: float
+    cpu_s: float
     peak_rss_mb: float
 
 
@@ -111,7 +113,7 @@ def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None,
             time.sleep(0.05)
     proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it is reaped
     measured = Measured(proc.returncode, round(time.perf_counter() - started, 2),
-                        round(usage.ru_maxrss / 1024.0, 1))
+                        round(usage.ru_utime + usage.ru_stime, 2), round(usage.ru_maxrss / 1024.0, 1))
     if measured.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {measured.returncode}; last lines of {log}:\n{tail}")

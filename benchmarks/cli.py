@@ -51,6 +51,16 @@ def _anomalib(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _engine(args: argparse.Namespace, settings: Settings) -> int:
+    from .engine import markdown, run, write_outputs
+
+    batches = tuple(int(b) for b in args.batches.split(","))
+    result = run(args.model, batches=batches, threads=args.threads, budget_s=args.seconds, data=args.data)
+    write_outputs(result, args.json)
+    print(markdown(result))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: engines, the pipeline, lineguard vs anomalib")
     kinds = bench.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
@@ -66,6 +76,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--json", help="write the result here (and a .md table beside it)")
     p.set_defaults(handler=_pipeline)
+
+    e = kinds.add_parser("engine", help="engines against their ceiling at batch 1/8/16/32, FLOPs vs matmul rate")
+    e.add_argument("--model", action="append", required=True, help="model folder (repeatable)")
+    e.add_argument("--data", help="images to score (MVTec root or folder); default random noise")
+    e.add_argument("--batches", default="1,8,16,32")
+    e.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    e.add_argument("--seconds", type=float, default=3.0, help="timing budget per batch size")
+    e.add_argument("--json", help="write the result here (and a .md table beside it)")
+    e.set_defaults(handler=_engine)
 
     a = kinds.add_parser("anomalib", help="lineguard's PatchCore vs anomalib 2.7's: same backbone and data, one run")
     a.add_argument("--data", required=True, help="MVTec-layout folder (train/good, test/, ground_truth/)")

@@ -1,0 +1,174 @@
+"""``lineguard bench engine``: each engine against its own ceiling, at several batch sizes, in one run.
+
+For every model folder, in a fresh process (so peak RSS is the model's own):
+
+* load time (ONNX Runtime session + warm-up);
+* per batch size (default 1, 8, 16, 32): images/s and batch latency p50/p99
+  for the full engine (uint8 images -> preprocessing -> graph -> score and
+  map), as a processor runs it;
+* the ceiling at the same batch sizes: the bare network work as ONNX Runtime
+  runs it — for PatchCore the backbone and the nearest-neighbour search (the
+  graph cut at its TopK), for EfficientAD the networks alone (cut at the last
+  convolution of each branch, before the maps are combined), for the baseline
+  its whole graph — fed a ready float tensor;
+* FLOPs per image of the whole graph (Conv and MatMul/Gemm, counted from the
+  graph) and the GFLOP/s achieved at batch 16, against the machine's float32
+  matrix-multiply rate measured by numpy in the same run.
+
+The JSON keeps, per model and batch size, ``images_per_s``, ``p50_ms``,
+``p99_ms`` and ``ceiling_images_per_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .flops import count_graph_flops, numpy_matmul_gflops
+
+DEFAULT_BATCHES = (1, 8, 16, 32)
+
+
+def ceiling_graph(onnx_path: Path) -> tuple[onnx.ModelProto, list[str]]:
+    """The model's graph cut where the learned networks (and, for PatchCore, the k-NN search) end."""
+    model = onnx.load(str(onnx_path))
+    nodes = list(model.graph.node)
+    topk = [n for n in nodes if n.op_type == "TopK"]
+    if topk:
+        outputs = [topk[0].output[0]]
+    else:
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in nodes:
+            for name in n.input:
+                consumers.setdefault(name, []).append(n)
+
+        def feeds_a_conv(name: str, seen: set[str]) -> bool:
+            for c in consumers.get(name, []):
+                if c.op_type == "Conv":
+                    return True
+                if c.name not in seen:
+                    seen.add(c.name)
+                    if any(feeds_a_conv(o, seen) for o in c.output):
+                        return True
+            return False
+
+        outputs = [n.output[0] for n in nodes if n.op_type == "Conv" and not feeds_a_conv(n.output[0], set())]
+    if not outputs:  # no network in it (the baseline): the ceiling is the graph itself on a ready tensor
+        return model, [o.name for o in model.graph.output]
+    input_name = model.graph.input[0].name
+    model = onnx.shape_inference.infer_shapes(model)  # the extractor needs the types of the cut tensors
+    known = {vi.name for vi in list(model.graph.value_info) + list(model.graph.output)}
+    for name in outputs:
+        if name not in known:  # shapes computed in-graph: declare a float tensor of unknown shape
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    extracted = onnx.utils.Extractor(model).extract_model([input_name], outputs)
+    return extracted, outputs
+
+
+def _timed(fn, min_runs: int, budget_s: float) -> list[float]:
+    """Latencies (ms) of ``fn`` over at least ``min_runs`` runs or ``budget_s`` seconds."""
+    fn()  # warm-up: allocations, kernel choice
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < budget_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+        if len(times) >= 10 * min_runs:
+            break
+    return times
+
+
+def _bench_one(model_dir: str, batches: tuple[int, ...], threads: int, budget_s: float,
+               data: str | None) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from lineguard.benchmarks.engine_speed import _images
+    from lineguard.engines.runtime import ScoringEngine, preprocess
+
+    t0 = time.perf_counter()
+    engine = ScoringEngine(model_dir, threads=threads)
+    load_s = time.perf_counter() - t0
+    size = (engine.manifest.input.height, engine.manifest.input.width)
+    ceiling_model, cut_at = ceiling_graph(Path(model_dir) / "model.onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    ceiling = ort.InferenceSession(ceiling_model.SerializeToString(), options, providers=engine.providers)
+    input_name = ceiling.get_inputs()[0].name
+    per_batch: dict[str, Any] = {}
+    for batch in batches:
+        images = np.stack(_images(data, size, batch))
+        tensor = preprocess(images, engine.manifest)
+        engine_ms = _timed(lambda: engine.score(images), 5, budget_s)
+        ceiling_ms = _timed(lambda: ceiling.run(None, {input_name: tensor}), 5, budget_s)
+        images_per_s = batch * 1000 / statistics.mean(engine_ms)
+        ceiling_per_s = batch * 1000 / statistics.mean(ceiling_ms)
+        per_batch[str(batch)] = {
+            "images_per_s": round(images_per_s, 2),
+            "p50_ms": round(float(np.percentile(engine_ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(engine_ms, 99)), 2),
+            "ceiling_images_per_s": round(ceiling_per_s, 2),
+            "share_of_ceiling": round(images_per_s / ceiling_per_s, 3),
+            "runs": len(engine_ms),
+        }
+    flops = count_graph_flops(Path(model_dir) / "model.onnx")
+    return {
+        "model": model_dir, "kind": engine.manifest.kind, "name": engine.manifest.name,
+        "input_size": list(size), "providers": engine.providers,
+        "backbone": (engine.manifest.backbone or {}).get("name"),
+        "load_s": round(load_s, 3), "ceiling_cut_at": cut_at,
+        "gflops_per_image": round(flops["gflops"], 3), "batches": per_batch,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def run(model_dirs: list[str], batches: tuple[int, ...] = DEFAULT_BATCHES, threads: int = 0,
+        budget_s: float = 3.0, data: str | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "cpu_count": os.cpu_count(), "threads": threads or os.cpu_count(),
+        "load_average_1m_before": round(os.getloadavg()[0], 2),
+        "matmul_gflops_per_s": round(numpy_matmul_gflops(), 1), "models": [],
+    }
+    spawn = multiprocessing.get_context("spawn")
+    for model_dir in model_dirs:
+        with spawn.Pool(1) as pool:  # a fresh process per model: its own peak RSS
+            one = pool.apply(_bench_one, (str(model_dir), batches, threads, budget_s, data))
+        b16 = one["batches"].get("16") or next(iter(one["batches"].values()))
+        one["achieved_gflops_per_s_b16"] = round(one["gflops_per_image"] * b16["images_per_s"], 1)
+        one["share_of_matmul_rate_b16"] = round(one["achieved_gflops_per_s_b16"] / result["matmul_gflops_per_s"], 3)
+        result["models"].append(one)
+    result["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    out = [f"numpy float32 matmul: {result['matmul_gflops_per_s']} GFLOP/s on {result['threads']} threads "
+           f"(load average {result['load_average_1m_before']} → {result['load_average_1m_after']})", ""]
+    for m in result["models"]:
+        out += [f"**{m['kind']}** `{m['name']}` ({m['backbone'] or 'no backbone'}, {m['input_size'][0]} px, "
+                f"{m['providers'][0]}): load {m['load_s']} s, peak RSS {m['peak_rss_mb']} MB, "
+                f"{m['gflops_per_image']} GFLOP/image, {m['achieved_gflops_per_s_b16']} GFLOP/s at batch 16 "
+                f"= {100 * m['share_of_matmul_rate_b16']:.0f}% of matmul",
+                "", "| batch | images/s | p50 ms | p99 ms | ceiling images/s | share of ceiling |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for batch, r in m["batches"].items():
+            out.append(f"| {batch} | {r['images_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
+                       f"{r['ceiling_images_per_s']} | {100 * r['share_of_ceiling']:.0f}% |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_outputs(result: dict[str, Any], json_path: str | None) -> None:
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+        Path(json_path).with_suffix(".md").write_text(markdown(result) + "\n")
