@@ -42,6 +42,11 @@ STAMP = ".lineguard-stamp"
 BACKBONE = "mobilenet_v2"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "PYTHONNOUSERSITE": "1"}
+# anomalib's KCenterGreedy allocates a fresh N x 253 float tensor (29 MB here) per pick. With glibc's default
+# dynamic mmap threshold these come from the heap, which fragments: the fit process grew by ~17 MB per pick
+# (20 GB and an OOM kill at pick 1060 of 2866). A fixed 1 MiB threshold keeps every such buffer an mmap
+# returned on free; RSS then stays flat. Applied to anomalib's fit step only, the one that needs it.
+ANOMALIB_FIT_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 def repo_root() -> Path:
@@ -95,18 +100,34 @@ class Measured:
     peak_rss_mb: float
 
 
+def _rss_mb(pid: int) -> float:
+    """Current resident set size of ``pid`` (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None,
-                 timeout_s: float = 3600.0) -> Measured:
-    """Run ``cmd`` with output to ``log``; ``os.wait4`` gives this child's ru_maxrss alone (KiB on Linux)."""
+                 timeout_s: float = 3600.0, max_rss_mb: float = 8000.0) -> Measured:
+    """Run ``cmd`` with output to ``log``; ``os.wait4`` gives this child's ru_maxrss alone (KiB on Linux).
+
+    The child is killed past ``timeout_s`` or ``max_rss_mb``: the machine is shared, and a runaway
+    (anomalib's coreset step can grow without bound) must fail this benchmark, not the neighbours' work.
+    """
     started = time.perf_counter()
+    killed = ""
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        deadline = started + timeout_s
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if time.perf_counter() > deadline:
+            rss = _rss_mb(proc.pid)
+            if rss > max_rss_mb or time.perf_counter() - started > timeout_s:
+                killed = (f"RSS {rss:.0f} MB over the {max_rss_mb:.0f} MB cap" if rss > max_rss_mb
+                          else f"over the {timeout_s:.0f} s timeout")
                 proc.kill()
                 pid, status, usage = os.wait4(proc.pid, 0)
                 break
@@ -114,9 +135,10 @@ def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None,
     proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it is reaped
     measured = Measured(proc.returncode, round(time.perf_counter() - started, 2),
                         round(usage.ru_utime + usage.ru_stime, 2), round(usage.ru_maxrss / 1024.0, 1))
-    if measured.returncode != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {measured.returncode}; last lines of {log}:\n{tail}")
+    if measured.returncode != 0 or killed:
+        tail = "".join(log.read_text(errors="replace")[-4000:].splitlines(keepends=True)[-20:])
+        why = f"killed: {killed}" if killed else f"exited {measured.returncode}"
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... {why}; last lines of {log}:\n{tail}")
     return measured
 
 
@@ -208,6 +230,7 @@ class CompareConfig:
     trials: int = 7
     seconds_per_trial: float = 1.5
     onnx: bool = True  # also export anomalib's fitted model to ONNX and time it in ONNX Runtime
+    max_rss_mb: float = 8000.0  # any step past this is killed (shared machine)
     venv: Path | None = None
     work_dir: Path | None = None
 
@@ -264,21 +287,23 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
         "--out", str(model_dir), "--backbone", BACKBONE, "--size", str(cfg.input_size),
         "--option", f"layers={','.join(cfg.layers)}", "--option", f"coreset_ratio={cfg.coreset_ratio}",
         "--option", f"num_neighbors={cfg.num_neighbors}", "--option", "progress=false",
-    ], work / "lineguard" / "train.log")
+    ], work / "lineguard" / "train.log", max_rss_mb=cfg.max_rss_mb)
     an_fit = run_measured([str(python), str(DRIVER), "fit", "--spec", str(spec_path), "--out",
-                           str(work / "anomalib")], work / "anomalib" / "fit.log", env=OFFLINE_ENV)
+                           str(work / "anomalib")], work / "anomalib" / "fit.log",
+                          env={**OFFLINE_ENV, **ANOMALIB_FIT_ENV}, max_rss_mb=cfg.max_rss_mb)
     # 2. Score both: test set dumped, then throughput.
     lg_score = run_measured(lg + [
         "lineguard.benchmarks.anomalib_compare", "score-lineguard", "--model", str(model_dir), "--data", str(data),
         "--out", str(work / "lineguard"), "--trials", str(cfg.trials), "--seconds-per-trial",
-        str(cfg.seconds_per_trial)], work / "lineguard" / "score.log")
+        str(cfg.seconds_per_trial)], work / "lineguard" / "score.log", max_rss_mb=cfg.max_rss_mb)
     an_score = run_measured([str(python), str(DRIVER), "score", "--spec", str(spec_path), "--model",
                              str(work / "anomalib"), "--out", str(work / "anomalib")],
-                            work / "anomalib" / "score.log", env=OFFLINE_ENV)
+                            work / "anomalib" / "score.log", env=OFFLINE_ENV, max_rss_mb=cfg.max_rss_mb)
 
     if cfg.onnx:  # after the timed steps, in its own process: it changes none of the figures above
         run_measured([str(python), str(DRIVER), "export", "--spec", str(spec_path), "--model", str(work / "anomalib"),
-                      "--out", str(work / "anomalib")], work / "anomalib" / "export.log", env=OFFLINE_ENV)
+                      "--out", str(work / "anomalib")], work / "anomalib" / "export.log", env=OFFLINE_ENV,
+                     max_rss_mb=cfg.max_rss_mb)
 
     manifest = Manifest.load(model_dir)
     lg_fit_info = manifest.extra
@@ -330,6 +355,7 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
             "backbone": f"{BACKBONE} (torchvision nn.Module, same weights file)", "weights_sha256": sha,
             "layers": list(cfg.layers), "input_size": list(size), "coreset_ratio": cfg.coreset_ratio,
             "coreset_method": "anomalib KCenterGreedy", "num_neighbors": cfg.num_neighbors,
+            "fit_env": ANOMALIB_FIT_ENV,
             "embedding_dim": an_fit_info["embedding_dim"], "n_fit_images": an_fit_info["n_fit_images"],
             "n_patches": an_fit_info["n_patches"], "memory_bank_size": an_fit_info["memory_bank_size"],
             "train_batch": cfg.anomalib_train_batch,
@@ -393,10 +419,8 @@ def _normalised_batches(data: Path, size: tuple[int, int]) -> dict[int, np.ndarr
     return {b: preprocess(_images(data, size, b), spec) for b in (1, 16)}
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+def _num(value: float | int | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -423,11 +447,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"anomalib: {an['config']['runtime']}.", "",
              "| | lineguard | anomalib | lineguard / anomalib |", "| --- | ---: | ---: | ---: |"]
     for name, a, b, digits, kind in rows:
-        compare = _delta(a, b) if kind == "delta" else _ratio(a, b)
-        sign = "+" if kind == "delta" and compare is not None and compare >= 0 else ""
-        lines.append(f"| {name} | {_fmt(float(a) if isinstance(a, (int, float)) and digits else a, digits)} "
-                     f"| {_fmt(float(b) if isinstance(b, (int, float)) and digits else b, digits)} "
-                     f"| {sign}{_fmt(compare)}{'' if kind == 'delta' else 'x'} |")
+        compare = f"{_delta(a, b):+.4f}" if kind == "delta" and a is not None and b is not None else (
+            f"{_ratio(a, b):.2f}x" if kind == "ratio" and _ratio(a, b) is not None else "n/a")
+        lines.append(f"| {name} | {_num(a, digits)} | {_num(b, digits)} | {compare} |")
     onnx = an.get("onnx_runtime_throughput")
     if onnx and "error" not in onnx:
         lines.append(f"\nanomalib's fitted model exported to ONNX and run in the same ONNX Runtime settings: "
@@ -438,11 +460,15 @@ def markdown(result: dict[str, Any]) -> str:
     acc = result["acceptance"]
     verdict = "met" if acc["passed"] else "NOT met"
     lines += ["", f"Acceptance (>= 2x images/s at batch 16, image and pixel AUROC not lower): **{verdict}** "
-                  f"(ratio {result['throughput_ratio_b16']}x, image AUROC {_fmt(result['image_auroc_delta'])}, "
-                  f"pixel AUROC {_fmt(result['pixel_auroc_delta'])}). Load average (1 min) "
+                  f"(batch-16 ratio {result['throughput_ratio_b16']}x, image AUROC {_signed(result['image_auroc_delta'])}, "
+                  f"pixel AUROC {_signed(result['pixel_auroc_delta'])}). Load average (1 min) "
                   f"{result['load_average_1m_before']} before, {result['load_average_1m_after']} after, "
                   f"{result['cpu_count']} CPUs.", ""]
     return "\n".join(lines)
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
 
 
 def write_outputs(result: dict[str, Any], json_path: str | Path | None) -> None:

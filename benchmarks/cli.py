@@ -41,6 +41,7 @@ def _anomalib(args: argparse.Namespace, settings: Settings) -> int:
     cfg = CompareConfig(data=Path(args.data), input_size=args.size, layers=tuple(args.layers.split(",")),
                         coreset_ratio=args.coreset_ratio, match_fit_images=args.match_fit_images,
                         trials=args.trials, seconds_per_trial=args.seconds_per_trial, onnx=not args.no_onnx,
+                        max_rss_mb=args.max_rss_mb,
                         venv=Path(args.venv) if args.venv else None,
                         work_dir=Path(args.work_dir) if args.work_dir else None)
     result = run(cfg)
@@ -97,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--trials", type=int, default=7, help="timed throughput trials per batch size")
     a.add_argument("--seconds-per-trial", type=float, default=1.5)
     a.add_argument("--no-onnx", action="store_true", help="skip timing anomalib's model exported to ONNX")
+    a.add_argument("--max-rss-mb", type=float, default=8000.0, help="kill any step whose RSS exceeds this")
     a.add_argument("--venv", help="anomalib virtualenv (default .cache/anomalib-venv, created when missing)")
     a.add_argument("--work-dir", help="keep models, logs and .npy dumps here (default: a new temp folder)")
     a.set_defaults(handler=_anomalib)

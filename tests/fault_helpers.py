@@ -209,6 +209,17 @@ class FaultPipeline:
         for comp in self.components:
             comp.stop(timeout=20)
 
+    def delete_topics(self) -> None:
+        """Remove the lines' topics (the back-pressure test leaves hundreds of MB of frames)."""
+        from lineguard.kafka_admin import admin_client
+
+        admin = admin_client(self.kafka)  # kept referenced until the futures resolve
+        futures = admin.delete_topics(self.frame_topics() + self.verdict_topics() + self.heatmap_topics(),
+                                      operation_timeout=30)
+        for future in futures.values():
+            future.result(timeout=60)
+        del admin
+
     def group_members(self) -> str:
         """The processors' group as the broker sees it: state and each member's partitions."""
         from confluent_kafka.admin import AdminClient

@@ -197,6 +197,8 @@ def _consume(data: bytes, outcomes: Counter) -> None:  # noqa: ANN001
             pass
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(400)
 def test_fuzz_frame_decoder_more_than_10000_inputs_only_schema_errors_bounded_memory() -> None:
     """Hypothesis generates the inputs (each goes through the decoders as it is generated), then
     the same inputs are replayed outside hypothesis to measure the decoders' memory alone: after
