@@ -138,7 +138,7 @@ def test_onnx_export_matches_torch(tmp_path: Path, teacher: str):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * scale)
 
     # The FLOPs counted from the graph are those of the torch convolutions (hook count).
-    from lineguard.engines.efficientad.benchmark import count_graph_flops
+    from lineguard.benchmarks.flops import count_graph_flops
     from lineguard.engines.efficientad.torch_model import count_conv_flops
 
     assert count_graph_flops(path)["gflops"] == pytest.approx(count_conv_flops(model.model, SIZE) / 1e9, rel=1e-6)
