@@ -161,19 +161,23 @@ def export_onnx(module: Any, path: Path, size: tuple[int, int], batches: list[in
 
 
 def trials(fn: Callable[[], Any], n_images: int, count: int, seconds: float) -> dict[str, float]:
-    """images/s, best and median of ``count`` timed trials of about ``seconds`` each, after two warm-ups."""
+    """images/s, best and median of ``count`` timed trials of about ``seconds`` each, after two warm-ups, and
+    the process CPU time per image over all trials (less sensitive to other processes than wall time)."""
     for _ in range(2):
         fn()
     start = time.perf_counter()
     fn()
     repeats = max(1, int(seconds / max(time.perf_counter() - start, 1e-6)))
     rates = []
+    cpu0 = time.process_time()
     for _ in range(count):
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
         rates.append(n_images * repeats / (time.perf_counter() - start))
-    return {"best": round(max(rates), 2), "median": round(statistics.median(rates), 2)}
+    cpu_ms = 1000.0 * (time.process_time() - cpu0) / (n_images * repeats * count)
+    return {"best": round(max(rates), 2), "median": round(statistics.median(rates), 2),
+            "cpu_ms_per_image": round(cpu_ms, 2)}
 
 
 def fitted(spec: dict[str, Any], model_dir: Path) -> Any:
