@@ -45,7 +45,8 @@ class Component:
         return self.proc.poll() is None
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def tail(self, lines: int = 20) -> str:

@@ -299,7 +299,7 @@ def test_back_pressure_memory_stays_bounded_and_lag_drains(stack, models: Path, 
 
     import numpy as np
 
-    side, min_rate, min_burst_s, max_burst_s, target_backlog, max_frames = 1024, 80, 9.0, 40.0, 400, 2000
+    side, min_rate, min_burst_s, max_burst_s, target_backlog, max_frames = 1024, 80, 9.0, 40.0, 500, 2000
     max_batch = 4
     p = FaultPipeline(stack, tmp_path, models, "backpr", LINEGUARD_PROCESSOR__HEATMAPS="none",
                       LINEGUARD_PROCESSOR__BATCHING__MAX_BATCH=str(max_batch),
