@@ -69,18 +69,20 @@ def test_cli_registers_bench_anomalib() -> None:
     assert args.layers == "features.6,features.13"
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} missing")
-def test_side_metrics_use_lineguards_metric_code() -> None:
+def test_side_metrics_use_lineguards_metric_code(tmp_path: Path) -> None:
     from lineguard.engines.data import load_mask, test_samples
+    from lineguard.producers.synthetic import SyntheticCamera
 
-    samples = test_samples(DATA)
+    data = tmp_path / "washer"  # a small MVTec-layout set with masks, made here (no ../shared)
+    SyntheticCamera(size=64, seed=3).write_mvtec(data, n_train=2, n_test_good=3, n_test_defect=5)
+    samples = test_samples(data)
     # Scores equal to the labels and maps equal to the masks: every AUROC is exactly 1.
     scores = np.array([float(s.is_defective) for s in samples])
     maps = np.stack([load_mask(s.mask_path, (64, 64)).astype(np.float32) for s in samples])
-    metrics = ac.side_metrics(scores, maps, DATA, (64, 64))
+    metrics = ac.side_metrics(scores, maps, data, (64, 64))
     assert metrics["image_auroc"] == 1.0 and metrics["pixel_auroc"] == 1.0
     with pytest.raises(ValueError):
-        ac.side_metrics(scores[:-1], maps, DATA, (64, 64))
+        ac.side_metrics(scores[:-1], maps, data, (64, 64))
 
 
 @pytest.mark.slow
