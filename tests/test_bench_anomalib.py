@@ -7,6 +7,7 @@ PatchCores, so it runs only with LINEGUARD_BENCH_ANOMALIB=1.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,6 +49,28 @@ def test_run_measured_reports_the_childs_own_peak_rss(tmp_path: Path) -> None:
     assert measured.returncode == 0
     assert 200 <= measured.peak_rss_mb < 1000
     assert measured.cpu_s > 0
+
+
+def test_run_measured_ignores_a_large_parent(tmp_path: Path) -> None:
+    # CI caught this: started from a 1.7 GB pytest, a 200 MB child reported 1.7 GB (the kernel counts the
+    # memory a child had before exec, and subprocess starts it inside the parent's). Here the parent holds 1 GB.
+    parent = (
+        "import sys, numpy as np; from pathlib import Path\n"
+        "held = np.ones(1024 * 2**20 // 8)\n"
+        "from lineguard.benchmarks import anomalib_compare as ac\n"
+        "child = 'import numpy as np; a = np.ones(200 * 2**20 // 8); print(a.sum())'\n"
+        "m = ac.run_measured([sys.executable, '-c', child], Path(sys.argv[1]))\n"
+        "print(m.peak_rss_mb, held.sum() > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", parent, str(tmp_path / "log")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert 200 <= float(out[0]) < 600 and out[1] == "True"
+
+
+def test_run_measured_kills_a_child_over_the_rss_cap(tmp_path: Path) -> None:
+    code = "import numpy as np, time; a = np.ones(600 * 2**20 // 8); time.sleep(60)"
+    with pytest.raises(RuntimeError, match="over the 300 MB cap"):
+        ac.run_measured([sys.executable, "-c", code], tmp_path / "log", max_rss_mb=300)
 
 
 def test_run_measured_raises_with_the_log_tail(tmp_path: Path) -> None:
