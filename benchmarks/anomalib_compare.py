@@ -382,7 +382,7 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
             "n_calibration_images": manifest.training.get("n_calibration"),
             "n_patches": lg_fit_info.get("n_patches"), "memory_bank_size": lg_fit_info.get("memory_bank_size"),
             "preprocessing": "cv2 INTER_AREA resize of uint8, ImageNet normalisation (in ScoringEngine)",
-            "anomaly_map": "bilinear upsampling, separable Gaussian blur sigma 4 (reflect padding)",
+            "anomaly_map": "nearest upsampling, separable Gaussian blur sigma 4 (reflect padding)",
         },
     }
     anomalib = {
