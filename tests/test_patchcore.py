@@ -127,3 +127,23 @@ def test_unknown_option_is_rejected() -> None:
 
     with pytest.raises(ValueError, match="unknown patchcore options"):
         build_model(coreset_percent=1)
+
+
+@pytest.mark.parametrize("grid, size", [((32, 32), (256, 256)), ((12, 15), (96, 120)), ((30, 7), (224, 64))])
+def test_anomaly_map_matrices_equal_upsampling_then_blur(grid, size) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from lineguard.engines.patchcore.anomaly_map import AnomalyMapGenerator, gaussian_kernel_1d
+
+    # The reference: the two operations as PatchCore states them, on whole maps.
+    kernel = gaussian_kernel_1d(4.0)
+    r = (kernel.numel() - 1) // 2
+    scores = torch.rand(3, 1, *grid, dtype=torch.float64) * 5
+    up = F.interpolate(scores, size=size, mode="nearest")
+    up = F.conv2d(F.pad(up, (r, r, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    expected = F.conv2d(F.pad(up, (0, 0, r, r), mode="reflect"), kernel.view(1, 1, -1, 1))
+
+    got = AnomalyMapGenerator(grid, size)(scores.to(torch.float32))
+    assert got.shape == (3, 1, *size)
+    assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-5)

@@ -46,12 +46,12 @@ class PatchcoreModel(nn.Module):
         # Local neighbourhood aggregation: each patch feature also sees its 3x3 neighbours
         # (the paper's patch size 3), which makes it robust to small misalignments.
         self.feature_pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
-        self.anomaly_map_generator = AnomalyMapGenerator(self.input_size, sigma)
 
         with torch.no_grad():
             feats = self.feature_extractor(torch.zeros(1, 3, *self.input_size))
         self.feature_dim = sum(int(f.shape[1]) for f in feats.values())
         self.grid_size = tuple(int(s) for s in feats[self.layers[0]].shape[-2:])
+        self.anomaly_map_generator = AnomalyMapGenerator(self.grid_size, self.input_size, sigma)
         self.embedding_dim = min(target_dim or self.feature_dim, self.feature_dim)
         pool = channel_pool_matrix(self.feature_dim, self.embedding_dim) \
             if self.embedding_dim < self.feature_dim else None
