@@ -20,6 +20,7 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
     settings.kafka.bootstrap_servers = info["kafka_bootstrap"]
     cfg = PipelineBenchConfig(lines=args.lines, frames=args.frames, size=args.size,
                               model_dir=Path(args.model_dir) if args.model_dir else None, product=args.product,
+                              data=Path(args.data) if args.data else None, defect_share=args.defect_share,
                               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
                               latency_seconds=args.latency_seconds)
     try:
@@ -71,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, help="frame width and height (JPEG)")
     p.add_argument("--model-dir", help="folder of model folders (default: fit the baseline on synthetic frames)")
     p.add_argument("--product", default="washer", help="product (model folder name) the frames carry")
+    p.add_argument("--data", help="images to send as frames (MVTec root or folder; default: synthetic frames)")
+    p.add_argument("--defect-share", type=float, default=0.1,
+                   help="share of defective frames sent (each costs a heatmap); default 0.1")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=int, default=50)
     p.add_argument("--workers", type=int, default=1, help="processor workers in one consumer group")

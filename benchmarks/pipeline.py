@@ -50,6 +50,8 @@ class PipelineBenchConfig:
     size: int = 256
     model_dir: Path | None = None  # folder of model folders; default: a baseline fitted here
     product: str = "washer"
+    data: Path | None = None  # images to send (default: the synthetic camera's)
+    defect_share: float = 0.1  # of the frames sent
     max_batch: int = 16
     max_wait_ms: int = 50
     workers: int = 1
@@ -61,12 +63,46 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
 
-def _render_frames(size: int, n: int, seed: int = 7) -> list[bytes]:
-    """n distinct JPEGs from the synthetic camera (the same bytes for every phase)."""
-    from lineguard.producers.synthetic import SyntheticCamera
+def _render_frames(size: int, n: int, data: Path | None = None, defect_share: float = 0.1,
+                   seed: int = 7) -> list[bytes]:
+    """n JPEGs at ``size`` px (the same bytes for every phase), ``defect_share`` of them defective.
 
-    camera = SyntheticCamera(size=size, seed=seed, defect_rate=0.1)
-    return [imagecodec.encode(camera.render(i).image, "jpeg")[0] for i in range(n)]
+    From ``data`` (an MVTec root): its defective test images mixed with its normal ones (test/good, then
+    train/good); without it, the synthetic camera's frames. The share matters because every defective
+    verdict also costs a heatmap (an overlay encoded as PNG), which the engine-alone reference does not
+    render; a line runs at a few percent defects, an MVTec test set at most.
+    """
+    if data is None:
+        from lineguard.producers.synthetic import SyntheticCamera
+
+        camera = SyntheticCamera(size=size, seed=seed, defect_rate=defect_share)
+        return [imagecodec.encode(camera.render(i).image, "jpeg")[0] for i in range(n)]
+    from lineguard.engines.data import list_images, load_rgb
+
+    root = Path(data)
+    defective = [p for p in list_images(root / "test") if p.parent.name != "good"] if (root / "test").is_dir() else []
+    normal = [p for folder in (root / "test" / "good", root / "train" / "good") if folder.is_dir()
+              for p in list_images(folder)]
+    if not normal and not defective:
+        raise ValueError(f"no images under {data} (expected the MVTec layout: train/good, test/<defect>)")
+    rng = np.random.default_rng(seed)
+    paths = []
+    for _ in range(n):
+        pool = defective if (rng.random() < defect_share and defective) or not normal else normal
+        paths.append(pool[int(rng.integers(len(pool)))])
+    return [imagecodec.encode(load_rgb(path, (size, size)), "jpeg")[0] for path in paths]
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 if it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _frame_bytes(jpeg: bytes, line: str, product: str, seq: int, camera: str) -> bytes:
@@ -140,15 +176,16 @@ def measure_engine(model_folder: Path, jpegs: list[bytes], batch: int, threads: 
 
     run_batch(jpegs[:batch])  # warm-up
     batch_ms: list[float] = []
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     for i in range(0, len(jpegs) - batch + 1, batch):
         t0 = time.perf_counter()
         run_batch(jpegs[i:i + batch])
         batch_ms.append((time.perf_counter() - t0) * 1000)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
     pool.shutdown()
     frames = len(batch_ms) * batch
-    return {"engine_fps": frames / elapsed, "batch_scoring_ms": float(np.median(batch_ms)),
+    return {"engine_fps": frames / elapsed, "engine_cpu_ms_per_frame": 1000 * cpu / frames,
+            "batch_scoring_ms": float(np.median(batch_ms)),
             "batch_scoring_p99_ms": _percentile(batch_ms, 99), "engine_providers": engine.providers}
 
 
@@ -185,11 +222,24 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
     latency: list[tuple[int, int, str]] = []  # (arrival ns, captured ns, frame id)
     verdict_topics = [topics.verdicts(l) for l in lines]
 
+    skip = max(1, n // 10)  # start-up and model loading excluded from the rate
+    # CPU seconds per component over the same window as the rate: where a 2-core machine's time goes.
+    from lineguard.deploy.stack import LocalStack
+
+    broker_pid = LocalStack.from_settings(settings).running("kafka")
+    cpu_marks: list[dict[str, float]] = []
+
+    def cpu_now() -> dict[str, float]:
+        return {"processors": sum(_cpu_s(p.pid) for p in processors), "sink": _cpu_s(sink.pid),
+                "kafka_broker": _cpu_s(broker_pid), "bench_consumer": time.process_time()}
+
     def record(msg) -> None:  # noqa: ANN001
         now = time.time_ns()
         verdict = Verdict.decode(msg.value())
         arrivals.append(now)
         latency.append((now, verdict.captured_at_ns, verdict.frame_id))
+        if len(arrivals) in (skip + 1, n):
+            cpu_marks.append(cpu_now())
 
     processors = [
         Component(["process", "--lines", ",".join(lines), "--model-dir", str(model_dir)],
@@ -202,8 +252,9 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         if seen < n:
             raise RuntimeError(f"only {seen} of {n} verdicts arrived; see {work}")
         arrivals.sort()
-        skip = max(1, n // 10)
         pipeline_fps = (n - skip) / ((arrivals[-1] - arrivals[skip]) / 1e9)
+        cpu_ms_per_frame = {k: round(1000 * (cpu_marks[-1][k] - cpu_marks[0][k]) / (n - skip - 1), 2)
+                            for k in cpu_marks[0]} if len(cpu_marks) == 2 else {}
 
         # Phase 4: live frames at a rate the pipeline sustains.
         rate = max(1.0, cfg.latency_load * pipeline_fps)
@@ -257,6 +308,7 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         "p99_capture_to_row_ms": _percentile(row_lat, 99),
         "rows_in_clickhouse": int(total_rows),
         "workers": cfg.workers,
+        "pipeline_cpu_ms_per_frame": cpu_ms_per_frame,
     }
 
 
@@ -271,7 +323,7 @@ def run(settings: Settings, cfg: PipelineBenchConfig) -> dict[str, Any]:
         SyntheticCamera(product=cfg.product, size=cfg.size, seed=1).write_mvtec(data, 60, 2, 2)
         model_dir = work / "models"
         train("baseline", data, model_dir / cfg.product, name=cfg.product, version="bench")
-    jpegs = _render_frames(cfg.size, cfg.frames)
+    jpegs = _render_frames(cfg.size, cfg.frames, cfg.data, cfg.defect_share)
     tag = uuid.uuid4().hex[:6]
     result: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
                               "cpu_count": os.cpu_count(), "max_wait_ms": cfg.max_wait_ms,
@@ -299,6 +351,10 @@ def markdown(result: dict[str, Any]) -> str:
         ("capture → row in ClickHouse", f"p50 {result['p50_capture_to_row_ms']:.0f} ms, "
          f"p99 {result['p99_capture_to_row_ms']:.0f} ms", "sink flush interval included"),
     ]
+    cpu = result.get("pipeline_cpu_ms_per_frame") or {}
+    if cpu:
+        rows.append(("CPU ms per frame (throughput phase)", ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()),
+                     f"engine alone {result['engine_cpu_ms_per_frame']:.1f}; {result['cpu_count']} CPUs"))
     out = ["| measured | figure | note |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(out)
