@@ -18,10 +18,12 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
     started_here = stack.running("kafka") is None
     info = stack.up(with_s3=False)
     settings.kafka.bootstrap_servers = info["kafka_bootstrap"]
+    workers = [int(w) for w in str(args.workers).split(",")]
     cfg = PipelineBenchConfig(lines=args.lines, frames=args.frames, size=args.size,
                               model_dir=Path(args.model_dir) if args.model_dir else None, product=args.product,
                               data=Path(args.data) if args.data else None, defect_share=args.defect_share,
-                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
+                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                              workers=workers[0], more_workers=tuple(workers[1:]),
                               latency_seconds=args.latency_seconds)
     try:
         result = run(settings, cfg)
@@ -77,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of defective frames sent (each costs a heatmap); default 0.1")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=int, default=50)
-    p.add_argument("--workers", type=int, default=1, help="processor workers in one consumer group")
+    p.add_argument("--workers", default="1",
+                   help="processor workers in one consumer group; a list (1,2) measures each in turn")
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--json", help="write the result here (and a .md table beside it)")
     p.set_defaults(handler=_pipeline)
