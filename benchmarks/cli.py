@@ -1,4 +1,4 @@
-"""``lineguard bench engine|pipeline|anomalib``: figures measured side by side in one run, as JSON + Markdown."""
+"""``lineguard bench engine|pipeline|fit|anomalib``: figures measured side by side in one run, as JSON + Markdown."""
 
 from __future__ import annotations
 
@@ -55,6 +55,17 @@ def _anomalib(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _fit(args: argparse.Namespace, settings: Settings) -> int:
+    from .fit_scaling import FitScalingConfig, markdown, run, write_outputs
+
+    sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else ()
+    result = run(FitScalingConfig(data=Path(args.data), sizes=sizes, model=args.model, options=args.option or [],
+                                  max_rss_mb=args.max_rss_mb))
+    write_outputs(result, args.json)
+    print(markdown(result))
+    return 0
+
+
 def _engine(args: argparse.Namespace, settings: Settings) -> int:
     from .engine import markdown, run, write_outputs
 
@@ -93,6 +104,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seconds", type=float, default=3.0, help="timing budget per batch size")
     e.add_argument("--json", help="write the result here (and a .md table beside it)")
     e.set_defaults(handler=_engine)
+
+    f = kinds.add_parser("fit", help="PatchCore fit time and peak RSS against the number of training images")
+    f.add_argument("--data", required=True, help="MVTec root (train/good) or a folder of normal images")
+    f.add_argument("--sizes", help="training-set sizes, e.g. 83,166,333,666 (default: 1/8, 1/4, 1/2, all)")
+    f.add_argument("--model", default="patchcore", choices=["patchcore", "efficientad", "baseline"])
+    f.add_argument("--option", action="append", help="engine option KEY=VALUE passed to train (repeatable)")
+    f.add_argument("--max-rss-mb", type=float, default=8000.0, help="kill any fit whose RSS exceeds this")
+    f.add_argument("--json", help="write the result here (and a .md table beside it)")
+    f.set_defaults(handler=_fit)
 
     a = kinds.add_parser("anomalib", help="lineguard's PatchCore vs anomalib 2.7's: same backbone and data, one run")
     a.add_argument("--data", required=True, help="MVTec-layout folder (train/good, test/, ground_truth/)")

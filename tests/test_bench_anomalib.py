@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lineguard.benchmarks import anomalib_compare as ac
+from lineguard.benchmarks.measure import run_measured
 from lineguard.cli import build_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_markdown_reports_ratios_and_the_verdict() -> None:
 def test_run_measured_reports_the_childs_own_peak_rss(tmp_path: Path) -> None:
     # The child holds ~200 MB; the parent's own RSS must not leak into the figure.
     code = "import numpy as np; a = np.ones(200 * 2**20 // 8); print(a.sum())"
-    measured = ac.run_measured([sys.executable, "-c", code], tmp_path / "log")
+    measured = run_measured([sys.executable, "-c", code], tmp_path / "log")
     assert measured.returncode == 0
     assert 200 <= measured.peak_rss_mb < 1000
     assert measured.cpu_s > 0
@@ -57,9 +58,9 @@ def test_run_measured_ignores_a_large_parent(tmp_path: Path) -> None:
     parent = (
         "import sys, numpy as np; from pathlib import Path\n"
         "held = np.ones(1024 * 2**20 // 8)\n"
-        "from lineguard.benchmarks import anomalib_compare as ac\n"
+        "from lineguard.benchmarks.measure import run_measured\n"
         "child = 'import numpy as np; a = np.ones(200 * 2**20 // 8); print(a.sum())'\n"
-        "m = ac.run_measured([sys.executable, '-c', child], Path(sys.argv[1]))\n"
+        "m = run_measured([sys.executable, '-c', child], Path(sys.argv[1]))\n"
         "print(m.peak_rss_mb, held.sum() > 0)\n"
     )
     out = subprocess.run([sys.executable, "-c", parent, str(tmp_path / "log")],
@@ -70,12 +71,12 @@ def test_run_measured_ignores_a_large_parent(tmp_path: Path) -> None:
 def test_run_measured_kills_a_child_over_the_rss_cap(tmp_path: Path) -> None:
     code = "import numpy as np, time; a = np.ones(600 * 2**20 // 8); time.sleep(60)"
     with pytest.raises(RuntimeError, match="over the 300 MB cap"):
-        ac.run_measured([sys.executable, "-c", code], tmp_path / "log", max_rss_mb=300)
+        run_measured([sys.executable, "-c", code], tmp_path / "log", max_rss_mb=300)
 
 
 def test_run_measured_raises_with_the_log_tail(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"):
-        ac.run_measured([sys.executable, "-c", "raise SystemExit('boom')"], tmp_path / "log")
+        run_measured([sys.executable, "-c", "raise SystemExit('boom')"], tmp_path / "log")
 
 
 def test_ensure_venv_is_a_no_op_once_stamped(tmp_path: Path) -> None:
