@@ -10,7 +10,7 @@ import re
 
 PREFIX = "lineguard"
 DEADLETTER = f"{PREFIX}.deadletter"
-FRAMES_PATTERN = rf"^{re.escape(PREFIX)}\.frames\..+$"
+KINDS = ("frames", "verdicts", "heatmaps")  # the per-line topic families
 _LINE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -20,16 +20,31 @@ def check_line_id(line_id: str) -> str:
     return line_id
 
 
+def per_line(kind: str, line_id: str) -> str:
+    """``lineguard.<kind>.<line_id>`` for a kind in :data:`KINDS`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown topic kind {kind!r}; choose from {KINDS}")
+    return f"{PREFIX}.{kind}.{check_line_id(line_id)}"
+
+
+def pattern(kind: str) -> str:
+    """The regex of every line's topic of ``kind`` (a regex subscription follows lines created later)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown topic kind {kind!r}; choose from {KINDS}")
+    return rf"^{re.escape(PREFIX)}\.{kind}\..+$"
+
+
 def frames(line_id: str) -> str:
-    return f"{PREFIX}.frames.{check_line_id(line_id)}"
+    return per_line("frames", line_id)
 
 
 def verdicts(line_id: str) -> str:
-    return f"{PREFIX}.verdicts.{check_line_id(line_id)}"
+    return per_line("verdicts", line_id)
 
 
 def heatmaps(line_id: str) -> str:
-    return f"{PREFIX}.heatmaps.{check_line_id(line_id)}"
+    return per_line("heatmaps", line_id)
+
 
 
 def line_of(topic: str) -> str:

@@ -1,4 +1,4 @@
-"""The consumer loop every sink shares, so a concrete sink only says how to decode and write.
+"""The consumer loop every sink shares, so a concrete sink only says what it reads and how to write it.
 
 Delivery is at-least-once and the writes are idempotent (verdict replays collapse
 in ClickHouse, heatmap keys are overwritten), so the loop keeps one rule: **an
@@ -88,9 +88,11 @@ class _Pending(Generic[T]):
 
 
 class Sink(abc.ABC, Generic[T]):
-    """Consume, decode, batch, write, commit. Subclasses set ``kind`` and give decode/write."""
+    """Consume, decode, batch, write, commit. Subclasses name what they read and give ``write``."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[str]  # the sink's name: consumer group, metrics label
+    topic_kind: ClassVar[str]  # the per-line topics it reads: "verdicts" or "heatmaps"
+    message_type: ClassVar[Any]  # the schemas message class those topics carry
 
     def __init__(
         self,
@@ -133,20 +135,20 @@ class Sink(abc.ABC, Generic[T]):
         self._m_uncommitted = prom.UNCOMMITTED.labels(self.kind)
         self._m_retrying = prom.RETRYING.labels(self.kind)
 
-    # ---- what subclasses provide -------------------------------------------------
+    # ---- what subclasses set (topic_kind, message_type) and give (write) ---------------------
 
     @classmethod
-    @abc.abstractmethod
     def topic_pattern(cls) -> str:
         """The regex (``^...``) of every line's topic this sink reads."""
+        return topics.pattern(cls.topic_kind)
 
     @classmethod
-    @abc.abstractmethod
-    def topic_for_line(cls, line_id: str) -> str: ...
+    def topic_for_line(cls, line_id: str) -> str:
+        return topics.per_line(cls.topic_kind, line_id)
 
-    @abc.abstractmethod
     def decode(self, data: bytes) -> T:
-        """Bytes to item; raise SchemaError for input that can never be written."""
+        """Bytes to item; raises SchemaError for input that can never be written."""
+        return self.message_type.decode(data, max_bytes=self.settings.kafka.message_max_bytes)
 
     @abc.abstractmethod
     def write(self, batch: list[T]) -> None:

@@ -350,26 +350,13 @@ class ClickHouseSink(Sink[Verdict]):
     """Verdict topics -> ClickHouse, one insert per batch, offsets committed after the insert."""
 
     kind = "clickhouse"
+    topic_kind = "verdicts"
+    message_type = Verdict
 
     def __init__(self, settings: Settings, store: VerdictStore, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         self.store = store
         self.store.create_schema()
-
-    @classmethod
-    def topic_pattern(cls) -> str:
-        from lineguard.schemas import topics
-
-        return rf"^{re.escape(topics.PREFIX)}\.verdicts\..+$"
-
-    @classmethod
-    def topic_for_line(cls, line_id: str) -> str:
-        from lineguard.schemas import topics
-
-        return topics.verdicts(line_id)
-
-    def decode(self, data: bytes) -> Verdict:
-        return Verdict.decode(data, max_bytes=self.settings.kafka.message_max_bytes)
 
     def write(self, batch: list[Verdict]) -> None:
         self.store.insert_verdicts(batch)

@@ -19,7 +19,7 @@ from typing import Any
 
 from lineguard.config import Settings
 from lineguard.logs import get_logger
-from lineguard.schemas import Heatmap, Reason, SchemaError, topics
+from lineguard.schemas import Heatmap, Reason, SchemaError
 
 from .base import Sink
 
@@ -174,21 +174,15 @@ class HeatmapSink(Sink[Heatmap]):
     """Heatmap topics -> object store; offsets committed after every object of a batch is stored."""
 
     kind = "heatmaps"
+    topic_kind = "heatmaps"
+    message_type = Heatmap
 
     def __init__(self, settings: Settings, store: ObjectStore, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         self.store = store
 
-    @classmethod
-    def topic_pattern(cls) -> str:
-        return rf"^{re.escape(topics.PREFIX)}\.heatmaps\..+$"
-
-    @classmethod
-    def topic_for_line(cls, line_id: str) -> str:
-        return topics.heatmaps(line_id)
-
     def decode(self, data: bytes) -> Heatmap:
-        heatmap = Heatmap.decode(data, max_bytes=self.settings.kafka.message_max_bytes)
+        heatmap = super().decode(data)
         check_key(heatmap.key, heatmap.line_id)
         return heatmap
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 
 def normal_image(rng: np.random.Generator, size: int = 96) -> np.ndarray:
@@ -55,3 +56,19 @@ def write_mvtec(root: Path, *, n_train: int = 12, n_good: int = 4, n_defect: int
             cv2.imwrite(str(root / "test" / kind / f"{i:03d}.png"), image[:, :, ::-1])
             cv2.imwrite(str(root / "ground_truth" / kind / f"{i:03d}_mask.png"), mask)
     return root
+
+
+def weights_installed(backbone: str) -> bool:
+    """Whether the backbone's pretrained weights are on this machine (``make train-deps`` installs them)."""
+    from lineguard.engines.common.backbones import WeightsNotFoundError, find_weights
+
+    try:
+        find_weights(backbone)
+        return True
+    except WeightsNotFoundError:
+        return False
+
+
+def needs_weights(backbone: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not weights_installed(backbone),
+                              reason=f"{backbone} weights not installed (make train-deps)")

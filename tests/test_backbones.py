@@ -13,13 +13,7 @@ from lineguard.engines.common.backbones import (  # noqa: E402
     BACKBONES, FeatureExtractor, WeightsNotFoundError, backbone_info, find_weights, load_backbone,
 )
 
-
-def _installed(name: str) -> bool:
-    try:
-        find_weights(name)
-        return True
-    except WeightsNotFoundError:
-        return False
+from engine_images import weights_installed  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +78,7 @@ def test_corrupted_packaged_weights_are_refused(tmp_path: Path, monkeypatch: pyt
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_packaged_backbones_load_offline_with_registry_shapes(name: str) -> None:
-    if not _installed(name):
+    if not weights_installed(name):
         pytest.skip(f"{name} weights not installed ({BACKBONES[name].install})")
     spec = BACKBONES[name]
     extractor = FeatureExtractor(load_backbone(name), spec.default_layers)

@@ -16,20 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.train
 
-from lineguard.engines.common.backbones import WeightsNotFoundError, find_weights  # noqa: E402
+from engine_images import needs_weights, normal_image, write_mvtec  # noqa: E402
 
-from engine_images import normal_image, write_mvtec  # noqa: E402
-
-
-def _have_lite0() -> bool:
-    try:
-        find_weights("efficientnet_lite0")
-        return True
-    except WeightsNotFoundError:
-        return False
-
-
-needs_weights = pytest.mark.skipif(not _have_lite0(), reason="EfficientNet-Lite0 weights not installed")
+needs_lite0 = needs_weights("efficientnet_lite0")
 
 SIZE = 64
 
@@ -85,7 +74,7 @@ def test_pdn_is_shift_equivariant_by_its_stride_so_crops_are_windows():
 
 
 # ---------------------------------------------------------------- training, export, resume
-@needs_weights
+@needs_lite0
 def test_tiny_training_writes_a_model_folder_the_scoring_engine_loads(tmp_path: Path):
     from lineguard.engines.runtime import ScoringEngine
     from lineguard.engines.training import train
@@ -110,7 +99,7 @@ def test_tiny_training_writes_a_model_folder_the_scoring_engine_loads(tmp_path: 
     np.testing.assert_allclose(scores, maps.reshape(3, -1).max(axis=1), rtol=1e-6)
 
 
-@needs_weights
+@needs_lite0
 @pytest.mark.parametrize("teacher", ["backbone", "distilled"])
 def test_onnx_export_matches_torch(tmp_path: Path, teacher: str):
     import onnxruntime as ort
@@ -144,7 +133,7 @@ def test_onnx_export_matches_torch(tmp_path: Path, teacher: str):
     assert count_graph_flops(path)["gflops"] == pytest.approx(count_conv_flops(model.model, SIZE) / 1e9, rel=1e-6)
 
 
-@needs_weights
+@needs_lite0
 def test_checkpoint_resume_continues_from_the_saved_step(tmp_path: Path):
     from lineguard.engines.efficientad.train import CHECKPOINT_FILE, build_model
 
@@ -186,7 +175,7 @@ def test_checkpoint_resume_continues_from_the_saved_step(tmp_path: Path):
         build_model(steps=4, checkpoint_dir=str(ckpt), lr=1e-3, **options).fit(images)
 
 
-@needs_weights
+@needs_lite0
 def test_crop_training_runs_and_reports_its_flops():
     from lineguard.engines.efficientad.train import build_model
 

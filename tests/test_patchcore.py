@@ -11,20 +11,9 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.train
 
-from lineguard.engines.common.backbones import WeightsNotFoundError, find_weights  # noqa: E402
+from engine_images import defect_image, needs_weights, normal_image, write_mvtec  # noqa: E402
 
-from engine_images import defect_image, normal_image, write_mvtec  # noqa: E402
-
-
-def _have_mobilenet() -> bool:
-    try:
-        find_weights("mobilenet_v2")
-        return True
-    except WeightsNotFoundError:
-        return False
-
-
-needs_weights = pytest.mark.skipif(not _have_mobilenet(), reason="MobileNetV2 weights not installed (make train-deps)")
+needs_mobilenet = needs_weights("mobilenet_v2")
 
 SIZE = 96
 
@@ -40,7 +29,7 @@ def fitted():
     return model, rng
 
 
-@needs_weights
+@needs_mobilenet
 def test_fit_builds_a_coreset_bank(fitted) -> None:
     model, _ = fitted
     extra = model.manifest_extra
@@ -52,7 +41,7 @@ def test_fit_builds_a_coreset_bank(fitted) -> None:
     assert (model.model.bank_neighbors[:, 0] == np.arange(len(bank))).all()
 
 
-@needs_weights
+@needs_mobilenet
 def test_defects_score_above_normal_images(fitted) -> None:
     model, _ = fitted
     rng = np.random.default_rng(123)
@@ -67,7 +56,7 @@ def test_defects_score_above_normal_images(fitted) -> None:
         assert amap[mask > 0].mean() > amap[mask == 0].mean() * 1.5
 
 
-@needs_weights
+@needs_mobilenet
 def test_onnx_export_parity_with_dynamic_batch(fitted, tmp_path: Path) -> None:
     import onnxruntime as ort
 
@@ -86,7 +75,7 @@ def test_onnx_export_parity_with_dynamic_batch(fitted, tmp_path: Path) -> None:
         np.testing.assert_allclose(maps, torch_maps[:n], rtol=1e-4, atol=1e-4 * float(np.abs(torch_maps).max()))
 
 
-@needs_weights
+@needs_mobilenet
 def test_train_cli_writes_manifest_with_backbone(tmp_path: Path) -> None:
     from lineguard.cli import main
     from lineguard.engines.runtime import ScoringEngine

@@ -82,6 +82,17 @@ def test_topics_and_heatmap_key():
     assert topics.heatmap_key("line1", "abc", 1_700_000_000_000_000_000) == "line1/2023/11/14/abc.png"
 
 
+def test_topic_patterns_match_their_own_kind_only():
+    import re
+
+    verdicts = re.compile(topics.pattern("verdicts"))
+    assert verdicts.match(topics.verdicts("press-1"))
+    assert not verdicts.match(topics.heatmaps("press-1")) and not verdicts.match("lineguardXverdicts.x")
+    assert re.match(topics.pattern("heatmaps"), topics.per_line("heatmaps", "L2"))
+    with pytest.raises(ValueError, match="unknown topic kind"):
+        topics.per_line("scores", "L2")
+
+
 def test_image_codecs_round_trip():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
