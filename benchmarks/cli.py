@@ -70,7 +70,8 @@ def _engine(args: argparse.Namespace, settings: Settings) -> int:
     from .engine import markdown, run, write_outputs
 
     batches = tuple(int(b) for b in args.batches.split(","))
-    result = run(args.model, batches=batches, threads=args.threads, budget_s=args.seconds, data=args.data)
+    result = run(args.model, batches=batches, threads=args.threads, budget_s=args.seconds, data=args.data,
+                 int8=args.int8)
     write_outputs(result, args.json)
     print(markdown(result))
     return 0
@@ -102,6 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batches", default="1,8,16,32")
     e.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     e.add_argument("--seconds", type=float, default=3.0, help="timing budget per batch size")
+    e.add_argument("--int8", action="store_true",
+                   help="also time each folder's model.int8.onnx (lineguard export --int8) beside its FP32 graph")
     e.add_argument("--json", help="write the result here (and a .md table beside it)")
     e.set_defaults(handler=_engine)
 

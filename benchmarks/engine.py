@@ -33,7 +33,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lineguard.engines.manifest import ONNX_FILE
+
 from .flops import count_graph_flops, numpy_matmul_gflops
+
+INT8_FILE = "model.int8.onnx"
 
 DEFAULT_BATCHES = (1, 8, 16, 32)
 ROUNDS = 3
@@ -90,17 +94,17 @@ def _timed(fn, min_runs: int, budget_s: float) -> list[float]:
 
 
 def _bench_one(model_dir: str, batches: tuple[int, ...], threads: int, budget_s: float,
-               data: str | None) -> dict[str, Any]:
+               data: str | None, onnx_file: str = ONNX_FILE) -> dict[str, Any]:
     import onnxruntime as ort
 
     from lineguard.benchmarks.engine_speed import _images
     from lineguard.engines.runtime import ScoringEngine, preprocess
 
     t0 = time.perf_counter()
-    engine = ScoringEngine(model_dir, threads=threads)
+    engine = ScoringEngine(model_dir, threads=threads, onnx_file=onnx_file)
     load_s = time.perf_counter() - t0
     size = (engine.manifest.input.height, engine.manifest.input.width)
-    ceiling_model, cut_at = ceiling_graph(Path(model_dir) / "model.onnx")
+    ceiling_model, cut_at = ceiling_graph(Path(model_dir) / onnx_file)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -126,9 +130,9 @@ def _bench_one(model_dir: str, batches: tuple[int, ...], threads: int, budget_s:
             "share_of_ceiling": round(images_per_s / ceiling_per_s, 3),
             "runs": len(engine_ms),
         }
-    flops = count_graph_flops(Path(model_dir) / "model.onnx")
+    flops = count_graph_flops(Path(model_dir) / ONNX_FILE)  # the FP32 graph's: the work, whatever the precision
     return {
-        "model": model_dir, "kind": engine.manifest.kind, "name": engine.manifest.name,
+        "model": model_dir, "onnx_file": onnx_file, "kind": engine.manifest.kind, "name": engine.manifest.name,
         "input_size": list(size), "providers": engine.providers,
         "backbone": (engine.manifest.backbone or {}).get("name"),
         "load_s": round(load_s, 3), "ceiling_cut_at": cut_at,
@@ -138,19 +142,26 @@ def _bench_one(model_dir: str, batches: tuple[int, ...], threads: int, budget_s:
 
 
 def run(model_dirs: list[str], batches: tuple[int, ...] = DEFAULT_BATCHES, threads: int = 0,
-        budget_s: float = 3.0, data: str | None = None) -> dict[str, Any]:
+        budget_s: float = 3.0, data: str | None = None, int8: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {
         "cpu_count": os.cpu_count(), "threads": threads or os.cpu_count(),
         "load_average_1m_before": round(os.getloadavg()[0], 2),
         "matmul_gflops_per_s": round(numpy_matmul_gflops(), 1), "models": [],
     }
     spawn = multiprocessing.get_context("spawn")
-    for model_dir in model_dirs:
-        with spawn.Pool(1) as pool:  # a fresh process per model: its own peak RSS
-            one = pool.apply(_bench_one, (str(model_dir), batches, threads, budget_s, data))
+    # With int8, a model folder's model.int8.onnx (``lineguard export --int8``) runs right after its FP32 graph.
+    runs = [(str(m), f) for m in model_dirs
+            for f in ([ONNX_FILE] + ([INT8_FILE] if int8 and (Path(m) / INT8_FILE).exists() else []))]
+    for model_dir, onnx_file in runs:
+        with spawn.Pool(1) as pool:  # a fresh process per graph: its own peak RSS
+            one = pool.apply(_bench_one, (model_dir, batches, threads, budget_s, data, onnx_file))
         b16 = one["batches"].get("16") or next(iter(one["batches"].values()))
         one["achieved_gflops_per_s_b16"] = round(one["gflops_per_image"] * b16["images_per_s"], 1)
         one["share_of_matmul_rate_b16"] = round(one["achieved_gflops_per_s_b16"] / result["matmul_gflops_per_s"], 3)
+        if onnx_file != ONNX_FILE:  # the FP32 graph of the same folder ran just before
+            fp32 = result["models"][-1]["batches"]
+            one["speedup_vs_fp32"] = {b: round(r["images_per_s"] / fp32[b]["images_per_s"], 3)
+                                      for b, r in one["batches"].items() if b in fp32}
         result["models"].append(one)
     result["load_average_1m_after"] = round(os.getloadavg()[0], 2)
     return result
@@ -160,7 +171,8 @@ def markdown(result: dict[str, Any]) -> str:
     out = [f"numpy float32 matmul: {result['matmul_gflops_per_s']} GFLOP/s on {result['threads']} threads "
            f"(load average {result['load_average_1m_before']} → {result['load_average_1m_after']})", ""]
     for m in result["models"]:
-        out += [f"**{m['kind']}** `{m['name']}` ({m['backbone'] or 'no backbone'}, {m['input_size'][0]} px, "
+        out += [f"**{m['kind']}** `{m['name']}` `{m.get('onnx_file', ONNX_FILE)}` "
+                f"({m['backbone'] or 'no backbone'}, {m['input_size'][0]} px, "
                 f"{m['providers'][0]}): load {m['load_s']} s, peak RSS {m['peak_rss_mb']} MB, "
                 f"{m['gflops_per_image']} GFLOP/image, {m['achieved_gflops_per_s_b16']} GFLOP/s at batch 16 "
                 f"= {100 * m['share_of_matmul_rate_b16']:.0f}% of matmul",
@@ -169,6 +181,9 @@ def markdown(result: dict[str, Any]) -> str:
         for batch, r in m["batches"].items():
             out.append(f"| {batch} | {r['images_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
                        f"{r['ceiling_images_per_s']} | {100 * r['share_of_ceiling']:.0f}% |")
+        if m.get("speedup_vs_fp32"):
+            out += ["", "INT8 / FP32 images/s, same run: " + ", ".join(
+                f"batch {b} {x:.2f}x" for b, x in m["speedup_vs_fp32"].items())]
         out.append("")
     return "\n".join(out)
 

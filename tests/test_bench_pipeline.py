@@ -1,0 +1,38 @@
+"""``lineguard bench pipeline`` on the session's real Kafka: the JSON other scripts read, and its counts.
+
+No figure is asserted (speed is for the benchmark to print); what is checked is that every frame of the
+throughput phase came back as a verdict, the latency phase measured live frames, and each field the
+issue names is present and sane.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lineguard.benchmarks.pipeline import PipelineBenchConfig, _render_frames, markdown, run
+from lineguard.config import Settings
+
+
+def test_frames_mix_defects_at_the_share_asked(tmp_path) -> None:  # noqa: ANN001
+    from lineguard.producers.synthetic import SyntheticCamera
+
+    SyntheticCamera(product="washer", size=64, seed=1).write_mvtec(tmp_path / "d", 10, 2, 10)
+    frames = _render_frames(64, 200, tmp_path / "d", defect_share=0.25)
+    assert len(frames) == 200 and all(f[:2] == b"\xff\xd8" for f in frames)  # JPEG
+    assert _render_frames(64, 20, tmp_path / "d", defect_share=0.25) == frames[:20]  # same seed, same frames
+
+
+def test_bench_pipeline_counts_every_frame(settings: Settings) -> None:
+    cfg = PipelineBenchConfig(lines=2, frames=48, size=64, latency_seconds=3.0, workers=1)
+    result = run(settings, cfg)
+    assert result["pipeline_frames"] == 96  # 2 lines x 48 frames, every verdict arrived
+    for key in ("pipeline_fps", "engine_fps", "kafka_fps", "p50_capture_to_verdict_ms",
+                "p99_capture_to_verdict_ms", "p99_capture_to_row_ms", "batch_scoring_ms"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert result["max_wait_ms"] == 50 and result["kafka_frames"] == 96
+    assert result["latency_frames"] > 0 and result["rows_in_clickhouse"] >= 96
+    assert result["pipeline_cpu_ms_per_frame"]["processors"] > 0
+    stages = result["p50_latency_stages_ms"]
+    assert set(stages) == {"kafka_in_and_decode", "batch_wait", "scoring", "render_and_send", "kafka_out"}
+    assert result["p50_capture_to_verdict_ms"] >= stages["batch_wait"]
+    assert "capture → verdict" in markdown(result)
