@@ -33,11 +33,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lineguard.engines.manifest import ONNX_FILE
+from lineguard.engines.manifest import INT8_FILE, ONNX_FILE
 
 from .flops import count_graph_flops, numpy_matmul_gflops
 
-INT8_FILE = "model.int8.onnx"
 
 DEFAULT_BATCHES = (1, 8, 16, 32)
 ROUNDS = 3

@@ -16,6 +16,7 @@ from typing import Any
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # written beside it by `lineguard export --int8`
 FORMAT_VERSION = 1
 
 

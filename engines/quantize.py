@@ -37,12 +37,11 @@ from onnxruntime.quantization import (
 )
 
 from .data import load_rgb, normal_images
-from .manifest import ONNX_FILE, Manifest, sha256_file
+from .manifest import INT8_FILE, ONNX_FILE, Manifest, sha256_file
 from .runtime import preprocess
 
 log = logging.getLogger(__name__)
 
-INT8_FILE = "model.int8.onnx"
 # Convolutions under these exporter scopes are quantised (the backbone); everything else stays float.
 QUANTISED_SCOPES = ("/feature_extractor/",)
 QUANTISED_OPS = {"Conv", "Clip", "Relu", "Add"}

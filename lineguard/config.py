@@ -129,6 +129,8 @@ class ProcessorConfig(_Section):
     model_poll_s: float = Field(default=2.0, gt=0)
     web_port: int = Field(default=0, ge=0, le=65535)
     inference_threads: int = Field(default=0, ge=0)  # 0: all cores
+    # int8: score with a model folder's model.int8.onnx (`lineguard export --int8`) where it has one.
+    precision: Literal["fp32", "int8"] = "fp32"
     metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
     # A worker that dies is noticed by the group after this long (its partitions then move).
     session_timeout_s: float = Field(default=10.0, ge=3.0, le=300.0)

@@ -65,7 +65,8 @@ class FrameProcessor:
         self.app = app
         self.settings = settings
         pconf = settings.processor
-        self.registry = ModelRegistry(pconf.model_dir, threads=pconf.inference_threads, poll_s=pconf.model_poll_s)
+        self.registry = ModelRegistry(pconf.model_dir, threads=pconf.inference_threads, poll_s=pconf.model_poll_s,
+                                      precision=pconf.precision)
         self.scorer = BatchScorer(pconf, ImageLimits.from_config(settings.limits), self.registry)
         # One scoring thread: ONNX Runtime already uses every core inside one run.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lineguard.engines.manifest import MANIFEST_FILE
+from lineguard.engines.manifest import INT8_FILE, MANIFEST_FILE, ONNX_FILE
 from lineguard.engines.runtime import ScoringEngine
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,10 @@ def _stamp(folder: Path) -> tuple[float, int] | None:
 
 class ModelRegistry:
     def __init__(self, model_dir: str | Path, threads: int = 0, poll_s: float = 2.0,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, precision: str = "fp32") -> None:
         self.model_dir = Path(model_dir)
         self.threads = threads
+        self.precision = precision
         self.poll_s = poll_s
         self.providers = providers
         self._loaded: dict[str, _Loaded] = {}
@@ -59,6 +60,15 @@ class ModelRegistry:
                 return folder
         return None
 
+    def graph_for(self, folder: Path) -> str:
+        """The ONNX file to score with: the INT8 graph when asked for and exported, else the FP32 one."""
+        if self.precision == "int8":
+            if (folder / INT8_FILE).exists():
+                return INT8_FILE
+            log.warning("precision int8: %s has no %s (lineguard export --int8); scoring with %s",
+                        folder.name, INT8_FILE, ONNX_FILE)
+        return ONNX_FILE
+
     def get(self, product: str, line_id: str) -> ScoringEngine | None:
         """The engine for ``product`` on ``line_id``, (re)loaded if its manifest changed; None if none exists."""
         folder = self.folder_for(product, line_id)
@@ -74,11 +84,13 @@ class ModelRegistry:
             stamp = _stamp(folder)
             if loaded is not None and stamp == loaded.stamp:
                 return loaded.engine
-            engine = ScoringEngine(folder, providers=self.providers, threads=self.threads)
+            onnx_file = self.graph_for(folder)
+            engine = ScoringEngine(folder, providers=self.providers, threads=self.threads, onnx_file=onnx_file)
             if loaded is not None:
                 self.reloads += 1
-                log.info("reloaded model %s: version %s -> %s", key, loaded.engine.version, engine.version)
+                log.info("reloaded model %s: version %s -> %s (%s)", key, loaded.engine.version, engine.version,
+                         onnx_file)
             else:
-                log.info("loaded model %s version %s on %s", key, engine.version, engine.providers[0])
+                log.info("loaded model %s version %s (%s) on %s", key, engine.version, onnx_file, engine.providers[0])
             self._loaded[key] = _Loaded(engine, stamp or (0.0, 0))
             return engine

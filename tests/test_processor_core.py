@@ -153,3 +153,18 @@ def test_registry_picks_up_a_retrained_model_and_line_specific_models(tmp_path):
     assert registry.get("widget", "line2").version == "line2-only"
     assert registry.get("widget", "line1").version == "v2"
     assert registry.get("../etc", "line1") is None
+
+
+def test_registry_scores_with_the_int8_graph_where_asked_and_exported(tmp_path):
+    import shutil
+
+    from lineguard.engines.manifest import INT8_FILE, ONNX_FILE
+
+    rng = np.random.default_rng(3)
+    _save_baseline(tmp_path / "widget", rng, version="v1")
+    _save_baseline(tmp_path / "gear", rng, version="v1")
+    shutil.copy(tmp_path / "widget" / ONNX_FILE, tmp_path / "widget" / INT8_FILE)  # stands in for an export
+    int8 = ModelRegistry(tmp_path, precision="int8")
+    assert int8.get("widget", "line1").onnx_file == INT8_FILE
+    assert int8.get("gear", "line1").onnx_file == ONNX_FILE  # no INT8 graph: FP32, with a warning
+    assert ModelRegistry(tmp_path).get("widget", "line1").onnx_file == ONNX_FILE  # fp32 by default
