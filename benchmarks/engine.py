@@ -187,7 +187,35 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """images/s against batch size for each graph, its ceiling dashed in the same colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, m in enumerate(result["models"]):
+        batches = [int(b) for b in m["batches"]]
+        label = f"{m['kind']} {m['name']} ({m.get('onnx_file', ONNX_FILE)})"
+        ax.plot(batches, [r["images_per_s"] for r in m["batches"].values()], marker="o", color=f"C{i}", label=label)
+        ax.plot(batches, [r["ceiling_images_per_s"] for r in m["batches"].values()], linestyle="--",
+                color=f"C{i}", alpha=0.6, label=f"{label} ceiling")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(b) for m in result["models"] for b in m["batches"]})
+    ax.set_xticks(ticks, [str(b) for b in ticks])
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images/s")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_outputs(result: dict[str, Any], json_path: str | None) -> None:
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
         Path(json_path).with_suffix(".md").write_text(markdown(result) + "\n")
+        plot(result, Path(json_path).with_suffix(".png"))

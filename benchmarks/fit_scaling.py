@@ -81,7 +81,35 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Fit time (whole, and its coreset part) and peak RSS against the number of training images."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    rows = result["sizes"]
+    images = [r["images"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(images, [r["wall_s"] for r in rows], marker="o", label="whole fit (wall)")
+    left.plot(images, [r["coreset_s"] for r in rows], marker="s", label="coreset")
+    left.plot(images, [r["feature_extraction_s"] for r in rows], marker="^", label="feature extraction")
+    left.set_xlabel("training images")
+    left.set_ylabel("seconds")
+    left.legend()
+    right.plot(images, [r["peak_rss_mb"] for r in rows], marker="o", color="C3")
+    right.set_xlabel("training images")
+    right.set_ylabel("peak RSS (MB)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{result['model']} fit on {Path(result['data']).name}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_outputs(result: dict[str, Any], json_path: str | None) -> None:
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
         Path(json_path).with_suffix(".md").write_text(markdown(result) + "\n")
+        plot(result, Path(json_path).with_suffix(".png"))

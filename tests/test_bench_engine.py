@@ -36,6 +36,7 @@ def test_bench_engine_reports_every_batch_beside_its_ceiling(tmp_path: Path) -> 
         assert row["images_per_s"] > 0 and row["ceiling_images_per_s"] > 0
         assert 0 < row["p50_ms"] <= row["p99_ms"] and row["runs"] >= 2
     assert "| 2 |" in (tmp_path / "engine.md").read_text()
+    assert (tmp_path / "engine.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.train

@@ -32,3 +32,4 @@ def test_bench_fit_measures_each_size(tmp_path: Path, capsys) -> None:
     assert large["n_patches"] > 2 * small["n_patches"] and large["memory_bank_size"] > small["memory_bank_size"]
     assert all(100 < r["peak_rss_mb"] < 4000 and r["wall_s"] > 0 for r in rows)
     assert "| 24 |" in out.with_suffix(".md").read_text() and "memory bank" in capsys.readouterr().out
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
