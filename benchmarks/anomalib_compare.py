@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .measure import run_measured
+from .report import write_report
 
 # Pinned like the main venv's torch so both sides run the same kernels; anomalib's own dependencies
 # (lightning, kornia, timm, FrEIA, ...) come with it from PyPI: its PatchCore imports with those alone.
@@ -439,12 +440,7 @@ def _signed(value: float | None) -> str:
 
 
 def write_outputs(result: dict[str, Any], json_path: str | Path | None) -> None:
-    if not json_path:
-        return
-    path = Path(json_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    path.with_suffix(".md").write_text(markdown(result))
+    write_report(result, json_path, markdown)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ The JSON keeps, per model and batch size, ``images_per_s``, ``p50_ms``,
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import resource
@@ -36,6 +35,7 @@ import onnx
 from lineguard.engines.manifest import INT8_FILE, ONNX_FILE
 
 from .flops import count_graph_flops, numpy_matmul_gflops
+from .report import pyplot, save_figure, write_report
 
 
 DEFAULT_BATCHES = (1, 8, 16, 32)
@@ -189,11 +189,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """images/s against batch size for each graph, its ceiling dashed in the same colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, m in enumerate(result["models"]):
         batches = [int(b) for b in m["batches"]]
@@ -209,13 +205,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("images/s")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_outputs(result: dict[str, Any], json_path: str | None) -> None:
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
-        Path(json_path).with_suffix(".md").write_text(markdown(result) + "\n")
-        plot(result, Path(json_path).with_suffix(".png"))
+    write_report(result, json_path, markdown, plot)

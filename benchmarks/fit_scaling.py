@@ -20,6 +20,7 @@ from typing import Any
 from lineguard.engines.data import normal_images
 
 from .measure import run_measured
+from .report import pyplot, save_figure, write_report
 
 
 @dataclass
@@ -83,11 +84,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Fit time (whole, and its coreset part) and peak RSS against the number of training images."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = result["sizes"]
     images = [r["images"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -103,13 +100,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.suptitle(f"{result['model']} fit on {Path(result['data']).name}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_outputs(result: dict[str, Any], json_path: str | None) -> None:
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
-        Path(json_path).with_suffix(".md").write_text(markdown(result) + "\n")
-        plot(result, Path(json_path).with_suffix(".png"))
+    write_report(result, json_path, markdown, plot)

@@ -27,7 +27,6 @@ The JSON keeps ``pipeline_fps``, ``engine_fps``, ``kafka_fps``,
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -46,6 +45,8 @@ from lineguard.engines.runtime import ScoringEngine
 from lineguard.kafka_admin import consumer_config, ensure_topics, producer_config
 from lineguard.schemas import Frame, ImageLimits, Verdict, new_frame_id, topics
 from lineguard.schemas import image as imagecodec
+
+from .report import write_report
 
 
 CAMERAS_PER_LINE = 4
@@ -405,6 +406,4 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], json_path: str | None) -> None:
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2, default=str))
-        Path(json_path).with_suffix(".md").write_text(markdown(result) + "\n")
+    write_report(result, json_path, markdown)

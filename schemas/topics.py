@@ -20,18 +20,20 @@ def check_line_id(line_id: str) -> str:
     return line_id
 
 
-def per_line(kind: str, line_id: str) -> str:
-    """``lineguard.<kind>.<line_id>`` for a kind in :data:`KINDS`."""
+def _check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown topic kind {kind!r}; choose from {KINDS}")
-    return f"{PREFIX}.{kind}.{check_line_id(line_id)}"
+    return kind
+
+
+def per_line(kind: str, line_id: str) -> str:
+    """``lineguard.<kind>.<line_id>`` for a kind in :data:`KINDS`."""
+    return f"{PREFIX}.{_check_kind(kind)}.{check_line_id(line_id)}"
 
 
 def pattern(kind: str) -> str:
     """The regex of every line's topic of ``kind`` (a regex subscription follows lines created later)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown topic kind {kind!r}; choose from {KINDS}")
-    return rf"^{re.escape(PREFIX)}\.{kind}\..+$"
+    return rf"^{re.escape(PREFIX)}\.{_check_kind(kind)}\..+$"
 
 
 def frames(line_id: str) -> str:
