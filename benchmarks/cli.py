@@ -24,7 +24,7 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
                               data=Path(args.data) if args.data else None, defect_share=args.defect_share,
                               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                               workers=workers[0], more_workers=tuple(workers[1:]),
-                              latency_seconds=args.latency_seconds)
+                              latency_seconds=args.latency_seconds, poison_share=args.poison_share)
     try:
         result = run(settings, cfg)
     finally:
@@ -94,6 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", default="1",
                    help="processor workers in one consumer group; a list (1,2) measures each in turn")
     p.add_argument("--latency-seconds", type=float, default=15.0)
+    p.add_argument("--poison-share", type=float, default=0.0,
+                   help="then the throughput phase again with this share of hostile messages (e.g. 0.2)")
     p.add_argument("--json", help="write the result here (and a .md table beside it)")
     p.set_defaults(handler=_pipeline)
 

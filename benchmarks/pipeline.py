@@ -19,6 +19,12 @@ Phases, all on the same pre-encoded frames:
    into stages (Kafka in, batch wait, scoring, send, Kafka out).
 5. **workers**: with ``more_workers`` (``--workers 1,2``), phases 3 and 4
    again for each further worker count, in one consumer group.
+6. **poison**: with ``poison_share`` (``--poison-share 0.2``), phase 3 again with
+   that share of the frame topics' messages hostile (decompression bombs,
+   undecodable images, out-of-range fields, unknown line or product, random
+   bytes; ``benchmarks/hostile.py``), alternating with clean runs: the good
+   frames' rate against the clean one, every hostile message counted in the
+   dead-letter topic, and the processor's peak RSS in both.
 
 The JSON keeps ``pipeline_fps``, ``engine_fps``, ``kafka_fps``,
 ``p50_capture_to_verdict_ms``, ``p99_capture_to_verdict_ms``,
@@ -43,9 +49,11 @@ from lineguard.components import Component, component_env
 from lineguard.config import Settings
 from lineguard.engines.runtime import ScoringEngine
 from lineguard.kafka_admin import consumer_config, ensure_topics, producer_config
+from lineguard.kafka_admin import count_messages
 from lineguard.schemas import Frame, ImageLimits, Verdict, new_frame_id, topics
 from lineguard.schemas import image as imagecodec
 
+from .hostile import poison_frames
 from .report import write_report
 
 
@@ -65,8 +73,9 @@ class PipelineBenchConfig:
     max_wait_ms: int = 50
     workers: int = 1
     more_workers: tuple[int, ...] = ()  # further worker counts measured after it, for the scaling table
-    latency_seconds: float = 15.0
+    latency_seconds: float = 15.0  # 0: no latency phase
     latency_load: float = 0.6
+    poison_share: float = 0.0  # of the frame messages in the poison phase (0: no poison phase)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -113,6 +122,17 @@ def _cpu_s(pid: int | None) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _peak_rss_mib(pid: int | None) -> float:
+    """Peak resident memory of a running process (VmHWM), MiB; 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, TypeError):
+        pass
+    return 0.0
 
 
 def _frame_bytes(jpeg: bytes, line: str, product: str, seq: int, camera: str) -> bytes:
@@ -216,20 +236,31 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
     )
     producer = Producer(producer_config(settings.kafka, **{"linger.ms": 5}))
 
-    def produce(line: str, jpeg: bytes, seq: int) -> None:
-        camera = f"{line}-cam{seq % CAMERAS_PER_LINE}"  # the camera is the key: cameras spread over partitions
+    def send(line: str, key: str, value: bytes) -> None:
         while True:
             try:
-                producer.produce(topics.frames(line), key=camera.encode(),
-                                 value=_frame_bytes(jpeg, line, cfg.product, seq, camera))
+                producer.produce(topics.frames(line), key=key.encode(), value=value)
                 return
             except BufferError:
                 producer.poll(0.05)
 
-    # Phase 3: a backlog, then the processors and the sink.
+    def produce(line: str, jpeg: bytes, seq: int) -> None:
+        camera = f"{line}-cam{seq % CAMERAS_PER_LINE}"  # the camera is the key: cameras spread over partitions
+        send(line, camera, _frame_bytes(jpeg, line, cfg.product, seq, camera))
+
+    # Phase 3: a backlog, then the processors and the sink. With a poison share, hostile messages are
+    # spread evenly among the frames of every line (phase 6); only the good frames give verdicts.
+    poison_per_frame = cfg.poison_share / (1 - cfg.poison_share)
+    poison_sent = dict.fromkeys(lines, 0)
+    deadletters_before = count_messages(settings.kafka, topics.DEADLETTER)
     for i, jpeg in enumerate(jpegs):
-        for line in lines:
+        for j, line in enumerate(lines):
             produce(line, jpeg, i)
+            while poison_sent[line] < round((i + 1) * poison_per_frame):
+                other = lines[(j + 1) % len(lines)] if len(lines) > 1 else "no-such-line"
+                hostile = poison_frames(line, other, cfg.product, f"{line}-cam0", jpeg, seed=i)
+                send(line, "poison", hostile[poison_sent[line] % len(hostile)][1])
+                poison_sent[line] += 1
     producer.flush(120)
     n = len(jpegs) * len(lines)
     arrivals: list[int] = []
@@ -262,6 +293,12 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         seen = _consume(settings, verdict_topics, n, 900, record)
         if seen < n:
             raise RuntimeError(f"only {seen} of {n} verdicts arrived; see {work}")
+        processor_peak_rss = max(_peak_rss_mib(p.pid) for p in processors)
+        poison_total = sum(poison_sent.values())
+        deadline = time.monotonic() + 60
+        while (dead_letters := count_messages(settings.kafka, topics.DEADLETTER) - deadletters_before) < poison_total \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
         arrivals.sort()
         pipeline_fps = (n - skip) / ((arrivals[-1] - arrivals[skip]) / 1e9)
         cpu_ms_per_frame = {k: round(1000 * (cpu_marks[-1][k] - cpu_marks[0][k]) / (n - skip - 1), 2)
@@ -333,10 +370,40 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         "rows_in_clickhouse": int(total_rows),
         "workers": cfg.workers,
         "pipeline_cpu_ms_per_frame": cpu_ms_per_frame,
+        "processor_peak_rss_mib": processor_peak_rss,
+        "poison_frames": poison_total,
+        "dead_letters": dead_letters,
+    }
+
+
+def measure_poison(settings: Settings, cfg: PipelineBenchConfig, model_dir: Path, jpegs: list[bytes], work: Path,
+                   rounds: int = 3) -> dict[str, Any]:
+    """Phase 6: throughput runs with and without hostile messages, alternating, ``rounds`` of each.
+
+    Alternating pairs put the two conditions side by side in time, and the median of the pairs' ratios
+    drops an odd slow run: a pipeline run moves by 10% or more between runs minutes apart on a shared
+    machine, more than the effect measured here."""
+    quick = replace(cfg, latency_seconds=0.0, workers=1)
+    clean, poisoned = [], []
+    for r in range(rounds):
+        clean.append(measure_pipeline(settings, replace(quick, poison_share=0.0), model_dir, jpegs, work / f"clean-{r}"))
+        poisoned.append(measure_pipeline(settings, quick, model_dir, jpegs, work / f"poison-{r}"))
+    clean_fps = [m["pipeline_fps"] for m in clean]
+    poison_fps = [m["pipeline_fps"] for m in poisoned]
+    return {
+        "clean_fps": clean_fps, "poison_fps": poison_fps, "pipeline_fps": float(np.mean(poison_fps)),
+        "share_of_clean_fps": float(np.median(np.array(poison_fps) / np.array(clean_fps))),
+        "pipeline_frames": poisoned[-1]["pipeline_frames"],
+        "poison_frames": sum(m["poison_frames"] for m in poisoned),
+        "dead_letters": sum(m["dead_letters"] for m in poisoned),
+        "processor_peak_rss_mib": max(m["processor_peak_rss_mib"] for m in poisoned),
+        "clean_processor_peak_rss_mib": max(m["processor_peak_rss_mib"] for m in clean),
     }
 
 
 def run(settings: Settings, cfg: PipelineBenchConfig) -> dict[str, Any]:
+    if not 0.0 <= cfg.poison_share < 1.0:
+        raise ValueError(f"poison_share must be in [0, 1), got {cfg.poison_share}")
     work = Path(tempfile.mkdtemp(prefix="lineguard-bench-"))
     model_dir = cfg.model_dir
     if model_dir is None:
@@ -356,15 +423,18 @@ def run(settings: Settings, cfg: PipelineBenchConfig) -> dict[str, Any]:
     # The engine alone is measured before and after the pipeline and averaged: the machine's speed drifts
     # (other jobs, thermal), and the pipeline's share of the engine is the figure that matters.
     before = measure_engine(model_dir / cfg.product, jpegs * cfg.lines, cfg.max_batch)
-    result.update(measure_pipeline(settings, cfg, model_dir, jpegs, work))
+    clean = replace(cfg, poison_share=0.0)
+    result.update(measure_pipeline(settings, clean, model_dir, jpegs, work))
     after = measure_engine(model_dir / cfg.product, jpegs * cfg.lines, cfg.max_batch)
     result.update({k: (before[k] + after[k]) / 2 if isinstance(before[k], float) else before[k] for k in before})
     result["engine_fps_before_after"] = [before["engine_fps"], after["engine_fps"]]
     scaling_keys = ("pipeline_fps", "p99_capture_to_verdict_ms", "pipeline_cpu_ms_per_frame")
     result["by_workers"] = {str(cfg.workers): {k: result[k] for k in scaling_keys}}
     for workers in cfg.more_workers:
-        more = measure_pipeline(settings, replace(cfg, workers=workers), model_dir, jpegs, work / f"workers-{workers}")
+        more = measure_pipeline(settings, replace(clean, workers=workers), model_dir, jpegs, work / f"workers-{workers}")
         result["by_workers"][str(workers)] = {k: more[k] for k in scaling_keys}
+    if cfg.poison_share > 0:
+        result["poison"] = measure_poison(settings, cfg, model_dir, jpegs, work / "poison")
     result["pipeline_share_of_engine"] = result["pipeline_fps"] / result["engine_fps"]
     result["pipeline_share_of_kafka"] = result["pipeline_fps"] / result["kafka_fps"]
     result["latency_budget_ms"] = cfg.max_wait_ms + 3 * result["batch_scoring_ms"]
@@ -400,6 +470,15 @@ def markdown(result: dict[str, Any]) -> str:
             rows.append((f"{workers} processor worker(s), one consumer group", f"{r['pipeline_fps']:.1f} frames/s",
                          f"{r['pipeline_fps'] / one:.2f}x of the first; p99 capture → verdict "
                          f"{r['p99_capture_to_verdict_ms']:.0f} ms"))
+    poison = result.get("poison")
+    if poison:
+        rounds = ", ".join(f"{c:.1f} / {p:.1f}" for c, p in zip(poison["clean_fps"], poison["poison_fps"]))
+        rows.append((f"pipeline with {100 * result['config']['poison_share']:.0f}% hostile messages",
+                     f"{poison['pipeline_fps']:.1f} good frames/s",
+                     f"{100 * poison['share_of_clean_fps']:.0f}% of the clean rate (median of alternated pairs, clean / hostile: "
+                     f"{rounds}); {poison['dead_letters']} dead letters for {poison['poison_frames']} hostile; "
+                     f"processor peak RSS {poison['processor_peak_rss_mib']:.0f} MiB "
+                     f"(clean {poison['clean_processor_peak_rss_mib']:.0f})"))
     out = ["| measured | figure | note |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(out)

@@ -35,6 +35,7 @@ from .scoring import BatchScorer, Outcome, Work
 
 log = logging.getLogger("lineguard.processor")
 COMPONENT = "processor"
+MAX_DEAD_LETTERS_IN_FLIGHT = 256  # bad messages whose dead letter is being sent
 
 
 def faust_broker_settings(settings: Settings) -> dict[str, Any]:
@@ -75,6 +76,12 @@ class FrameProcessor:
                                                         max_pending=max_pending)
         self.counts: Counter[str] = Counter()
         self.stream: Any = None
+        # Dead letters for messages refused before batching are sent without holding up the stream: one
+        # broker round trip each, awaited inline, cost 11% of the good frames' rate at 20% bad messages.
+        # The offset is acked once the letter is stored (faust commits only contiguous acked offsets);
+        # the semaphore bounds how many are in flight.
+        self._dead_letter_slots = asyncio.Semaphore(MAX_DEAD_LETTERS_IN_FLIGHT)
+        self._dead_letter_tasks: set[asyncio.Task] = set()
         self._last_report = time.monotonic()
         self.lag = prom.LagReporter(settings.kafka, pconf.consumer_group)
         prom.PENDING.set_function(lambda: self.counts["frames_in"] - self.counts["acked"])
@@ -96,9 +103,10 @@ class FrameProcessor:
                 raise SchemaError(Reason.UNKNOWN_LINE,
                                   f"frame says line {frame.line_id!r} but arrived on {message.topic}")
         except SchemaError as exc:
-            await self._dead_letter(event, exc, frame_id=None, line_id=None)
-            await self.stream.ack(event)
-            self.counts["acked"] += 1
+            await self._dead_letter_slots.acquire()
+            task = asyncio.create_task(self._dead_letter_then_ack(event, exc))
+            self._dead_letter_tasks.add(task)
+            task.add_done_callback(self._dead_letter_tasks.discard)
             return
         await self.batcher.put(f"{frame.product}@{frame.line_id}", Work(frame, received_ns, event))
 
@@ -157,6 +165,14 @@ class FrameProcessor:
                 log.warning("publishing to %s failed (%s: %s); retrying in %.1fs", topic, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _dead_letter_then_ack(self, event: Any, error: SchemaError) -> None:
+        try:
+            await self._dead_letter(event, error, frame_id=None, line_id=None)
+            await self.stream.ack(event)
+            self.counts["acked"] += 1
+        finally:
+            self._dead_letter_slots.release()
 
     async def _dead_letter(self, event: Any, error: SchemaError, frame_id: str | None, line_id: str | None) -> None:
         message = event.message

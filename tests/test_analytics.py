@@ -186,9 +186,9 @@ def test_drift_views_match_python_psi(store, dataset, latest, grain):
         smoothed = (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
         assert _close(got[key]["psi"], _psi(smoothed, np.array(ref.expected))), key
     if grain == "day":
-        print("\ndaily PSI (line, day, model version: psi over n normal frames):")
+        print("\ndaily PSI (line, day, model and version: psi over n normal frames):")
         for key in sorted(got):
-            print(f"  {key[0]} {key[1]} {key[3]}: {got[key]['psi']:.3f} over {got[key]['frames']}")
+            print(f"  {key[0]} {key[1]} {key[2]} {key[3]}: {got[key]['psi']:.3f} over {got[key]['frames']}")
 
 
 # -- cookbook ------------------------------------------------------------------------------

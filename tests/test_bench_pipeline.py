@@ -23,7 +23,7 @@ def test_frames_mix_defects_at_the_share_asked(tmp_path) -> None:  # noqa: ANN00
 
 
 def test_bench_pipeline_counts_every_frame(settings: Settings) -> None:
-    cfg = PipelineBenchConfig(lines=2, frames=48, size=64, latency_seconds=3.0, workers=1)
+    cfg = PipelineBenchConfig(lines=2, frames=48, size=64, latency_seconds=3.0, workers=1, poison_share=0.2)
     result = run(settings, cfg)
     assert result["pipeline_frames"] == 96  # 2 lines x 48 frames, every verdict arrived
     for key in ("pipeline_fps", "engine_fps", "kafka_fps", "p50_capture_to_verdict_ms",
@@ -36,3 +36,10 @@ def test_bench_pipeline_counts_every_frame(settings: Settings) -> None:
     assert set(stages) == {"kafka_in_and_decode", "batch_wait", "scoring", "render_and_send", "kafka_out"}
     assert result["p50_capture_to_verdict_ms"] >= stages["batch_wait"]
     assert "capture → verdict" in markdown(result)
+    # The poison phase, three rounds: the same 96 good frames scored among 24 hostile messages, each dead-lettered.
+    poison = result["poison"]
+    assert poison["pipeline_frames"] == 96 and poison["poison_frames"] == 3 * 2 * round(48 * 0.2 / 0.8) == 72
+    assert poison["dead_letters"] == poison["poison_frames"]
+    assert len(poison["clean_fps"]) == len(poison["poison_fps"]) == 3
+    assert poison["share_of_clean_fps"] > 0 and poison["processor_peak_rss_mib"] > 0
+    assert "hostile messages" in markdown(result)

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import io
-import struct
 import sys
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -26,8 +23,8 @@ import msgpack
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
-from PIL import Image
 
+from lineguard.benchmarks.hostile import jpeg_declaring, png_declaring
 from lineguard.schemas import DeadLetter, Frame, Heatmap, ImageLimits, Reason, SchemaError, Verdict, topics
 from lineguard.schemas import image as imagecodec
 from lineguard.schemas.messages import RAW_DTYPES
@@ -51,24 +48,6 @@ def _rss_kib() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def _png_declaring(width: int, height: int, body: bytes = b"\x00" * 1024) -> bytes:
-    """A PNG whose header declares width x height; the compressed body is tiny."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(body, 9)) + chunk(b"IEND", b"")
-
-
-def _jpeg_declaring(width: int, height: int) -> bytes:
-    """A real small JPEG with its SOF0 header patched to declare width x height."""
-    buf = io.BytesIO()
-    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(buf, format="JPEG", quality=80)
-    data = bytearray(buf.getvalue())
-    sof = data.index(b"\xff\xc0")
-    struct.pack_into(">HH", data, sof + 5, height, width)  # marker, length(2), precision(1), then H, W
-    return bytes(data)
 
 
 def _frame(**kw) -> Frame:  # noqa: ANN003
@@ -158,10 +137,10 @@ def hostile_images(draw) -> bytes:  # noqa: ANN001
     kind = draw(st.sampled_from(["png_dims", "jpeg_dims", "raw", "damaged"]))
     if kind == "png_dims":
         w, h = draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**31 - 1))
-        return _frame(encoding="png", image=_png_declaring(w, h)).encode()
+        return _frame(encoding="png", image=png_declaring(w, h)).encode()
     if kind == "jpeg_dims":
         w, h = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
-        return _frame(encoding="jpeg", image=_jpeg_declaring(w, h)).encode()
+        return _frame(encoding="jpeg", image=jpeg_declaring(w, h)).encode()
     if kind == "raw":
         doc = _frame(encoding="raw").to_dict()
         doc["dtype"] = draw(st.sampled_from([*RAW_DTYPES, "int8", "float64", "uint32", ">f4", "<u2", "object",
@@ -254,7 +233,7 @@ def test_png_declaring_a_huge_size_is_refused_before_any_pixel_is_decompressed(w
     gc.collect()
     before = _rss_kib()
     started = time.monotonic()
-    assert _reason_of(_frame(encoding="png", image=_png_declaring(width, height)).encode()) == "image_too_large"
+    assert _reason_of(_frame(encoding="png", image=png_declaring(width, height)).encode()) == "image_too_large"
     assert (_rss_kib() - before) < 16 * 1024  # nothing the size of the declared image was allocated
     assert time.monotonic() - started < 5  # not a timing claim: a decompression would take minutes
 
@@ -263,7 +242,7 @@ def test_png_declaring_a_huge_size_is_refused_before_any_pixel_is_decompressed(w
 def test_jpeg_declaring_a_huge_size_is_refused_from_its_header(width: int, height: int) -> None:
     gc.collect()
     before = _rss_kib()
-    assert _reason_of(_frame(encoding="jpeg", image=_jpeg_declaring(width, height)).encode()) == "image_too_large"
+    assert _reason_of(_frame(encoding="jpeg", image=jpeg_declaring(width, height)).encode()) == "image_too_large"
     assert (_rss_kib() - before) < 16 * 1024
 
 
@@ -272,7 +251,7 @@ def test_a_real_zlib_bomb_within_the_limits_is_decoded_without_blowing_up() -> N
     limit), so it is decoded, and costs exactly its declared size; the same image under a
     stricter limit is refused from its header."""
     raw_rows = b"".join(b"\x00" + b"\x00" * (1000 * 3) for _ in range(1000))
-    png = _png_declaring(1000, 1000, body=raw_rows)
+    png = png_declaring(1000, 1000, body=raw_rows)
     assert len(png) < 10_000  # 3 MB of pixels in a few kB
     frame = Frame.decode(_frame(encoding="png", image=png).encode())
     assert imagecodec.decode("png", frame.image, LIMITS).shape == (1000, 1000, 3)
