@@ -156,10 +156,41 @@ def test_score_quantile_views_match_numpy(store, latest):
         assert _close(r["mean_score"], float(scores.mean())) and r["max_score"] == scores.max()
 
 
+def _period(t: dt.datetime, grain: str) -> dt.datetime:
+    """The start of ``t``'s hour or day, in UTC."""
+    return t.replace(minute=0, second=0, microsecond=0) if grain == "hour" else \
+        dt.datetime(t.year, t.month, t.day, tzinfo=UTC)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _references(dataset) -> dict:  # noqa: ANN001
+    return {(r.model_name, r.model_version): r
+            for r in find_model_references(dataset.models) + find_model_references(dataset.model_archive)}
+
+
+def _python_drift(refs: dict, latest: list[Verdict], grain: str) -> dict[tuple, dict]:
+    """Per (line, period start, model, version): the normal-judged frames' histogram on the calibration
+    edges and its PSI against the calibration reference, computed here from the verdicts."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for v in latest:
+        if not v.is_defective:
+            groups[(v.line_id, _period(_at(v), grain), v.model_name, v.model_version)].append(v.score)
+    out = {}
+    for key, scores in groups.items():
+        ref = refs[(key[2], key[3])]
+        edges = np.array(ref.edges)
+        counts, _ = np.histogram(np.clip(scores, edges[0], edges[-1]), bins=edges)
+        smoothed = (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
+        out[key] = {"frames": len(scores), "counts": counts, "psi": _psi(smoothed, np.array(ref.expected))}
+    return out
+
+
 @pytest.mark.parametrize("grain", ["hour", "day"])
 def test_drift_views_match_python_psi(store, dataset, latest, grain):
-    refs = {(r.model_name, r.model_version): r
-            for r in find_model_references(dataset.models) + find_model_references(dataset.model_archive)}
+    refs = _references(dataset)
     assert {("washer", "v1"), ("washer", "v2"), ("nut", "v1")} <= set(refs)
     for ref in refs.values():  # the stored reference is the manifest's histogram, smoothed
         folder = dataset.models / ref.folder if (dataset.models / ref.folder).is_dir() else dataset.model_archive / ref.folder
@@ -167,28 +198,21 @@ def test_drift_views_match_python_psi(store, dataset, latest, grain):
         counts = np.array(cal["normal_histogram"], dtype=float)
         assert ref.edges == cal["normal_histogram_edges"] and ref.n_normal == counts.sum()
         assert np.allclose(ref.expected, (counts + 0.5) / (counts.sum() + 0.5 * len(counts)), rtol=0, atol=1e-15)
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for v in latest:
-        if not v.is_defective:
-            t = _at(v)
-            period = t.replace(minute=0, second=0, microsecond=0) if grain == "hour" else t.date()
-            groups[(v.line_id, period, v.model_name, v.model_version)].append(v.score)
+    expected = _python_drift(refs, latest, grain)
     view = "score_drift_hourly" if grain == "hour" else "score_drift_daily"
     rows = store.query(f"SELECT * FROM {store.database}.{view}")
-    got = {(r["line_id"], r[grain], r["model_name"], r["model_version"]): r for r in rows}
-    assert set(got) == set(groups)
-    for key, scores in groups.items():
-        ref = refs[(key[2], key[3])]
-        edges = np.array(ref.edges)
-        counts, _ = np.histogram(np.clip(scores, edges[0], edges[-1]), bins=edges)
-        assert got[key]["frames"] == len(scores) and got[key]["counts"] == counts.tolist()
+    got = {(r["line_id"], _period(_utc(dt.datetime.combine(r[grain], dt.time())) if grain == "day" else _utc(r[grain]),
+                                  grain), r["model_name"], r["model_version"]): r for r in rows}
+    assert set(got) == set(expected)
+    for key, want in expected.items():
+        counts = want["counts"]
+        assert got[key]["frames"] == want["frames"] and got[key]["counts"] == counts.tolist()
         assert np.allclose(got[key]["observed"], counts / counts.sum(), rtol=0, atol=1e-12)
-        smoothed = (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
-        assert _close(got[key]["psi"], _psi(smoothed, np.array(ref.expected))), key
+        assert _close(got[key]["psi"], want["psi"]), key
     if grain == "day":
         print("\ndaily PSI (line, day, model and version: psi over n normal frames):")
         for key in sorted(got):
-            print(f"  {key[0]} {key[1]} {key[2]} {key[3]}: {got[key]['psi']:.3f} over {got[key]['frames']}")
+            print(f"  {key[0]} {key[1]:%Y-%m-%d} {key[2]} {key[3]}: {got[key]['psi']:.3f} over {got[key]['frames']}")
 
 
 # -- cookbook ------------------------------------------------------------------------------
@@ -313,6 +337,35 @@ def test_score_shift_after_a_model_change(store, dataset, latest, window):
     _check_shift(rows, expected, {k: sum(v.is_defective for v in vs) for k, vs in sides.items()})
     print(f"\nmodel change v1 -> v2 on {line}: frames {rows[0]['frames']} / {rows[1]['frames']}, "
           f"p50 {rows[0]['p50']:.3f} -> {rows[1]['p50']:.3f}, PSI {rows[1]['psi_vs_before']:.3f}")
+
+
+@pytest.mark.parametrize("grain", ["hour", "day"])
+def test_defect_rate_per_line_over_time(store, latest, window, grain):
+    groups: dict[tuple, list[Verdict]] = defaultdict(list)
+    for v in latest:
+        if _in(v, **window):
+            groups[(v.line_id, _period(_at(v), grain))].append(v)
+    rows = cookbook.run(store, "defect_rate_by_line", grain=grain, **window)
+    got = {(r["line_id"], _utc(r["period"])): (r["frames"], r["defective"]) for r in rows}
+    assert got == _rate_rows(groups)
+    assert all(_close(r["defect_rate"], r["defective"] / r["frames"]) for r in rows)
+
+
+@pytest.mark.parametrize("grain", ["hour", "day"])
+def test_drift_psi_per_line_over_time(store, dataset, latest, grain):
+    # A window that cuts through the data: periods from the start of since's hour or day, until excluded.
+    since = dataset.started_at + dt.timedelta(days=3, hours=5, minutes=17)
+    until = dataset.started_at + dt.timedelta(days=7, hours=2)
+    expected = {k: w for k, w in _python_drift(_references(dataset), latest, grain).items()
+                if _period(since, grain) <= k[1] < until}
+    rows = cookbook.run(store, "drift_psi", grain=grain, since=since, until=until)
+    got = {(r["line_id"], _utc(r["period"]), r["model_name"], r["model_version"]): r for r in rows}
+    assert set(got) == set(expected) and len(got) > 5
+    for key, want in expected.items():
+        assert got[key]["frames"] == want["frames"] and _close(got[key]["psi"], want["psi"]), key
+    line = dataset.lines[0]
+    rows = cookbook.run(store, "drift_psi", grain=grain, since=since, until=until, line_id=line)
+    assert {r["line_id"] for r in rows} == {line} and len(rows) == sum(1 for k in expected if k[0] == line)
 
 
 def test_line_models_and_latest_defects(store, dataset, latest, window):
