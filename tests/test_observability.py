@@ -10,6 +10,7 @@ consumer lag, dead letters by reason, sink writes and retries.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,17 +54,28 @@ def test_every_component_exposes_its_metrics_on_the_real_endpoint(stack, models:
                                                  "washer", "--count", str(per_line), "--fps", "10", "--size", "128"],
                              LINEGUARD_PRODUCER__METRICS_PORT=str(port))
                      for i, (line, port) in enumerate(zip(p.lines, prod_ports))]
+        # Each producer's endpoint scraped on its own thread while it runs (one slow scrape must not hide
+        # the other's sending window); the counters only grow, so the largest reading is kept.
         seen: dict[int, tuple[float, float]] = {}
-        deadline = time.monotonic() + 120
-        while any(prod.alive() for prod in producers) and time.monotonic() < deadline:
-            for line, port in zip(p.lines, prod_ports):
+
+        def watch(line: str, port: int, producer) -> None:  # noqa: ANN001
+            deadline = time.monotonic() + 120
+            while producer.alive() and time.monotonic() < deadline:
                 try:
                     samples = scrape(port, timeout_s=2)
-                except OSError:
-                    continue
-                seen[port] = (metric_sum(samples, "lineguard_producer_frames_sent_total", line=line),
-                              metric_sum(samples, "lineguard_producer_frames_delivered_total", line=line))
-            time.sleep(0.3)
+                    reading = (metric_sum(samples, "lineguard_producer_frames_sent_total", line=line),
+                               metric_sum(samples, "lineguard_producer_frames_delivered_total", line=line))
+                    seen[port] = max(seen.get(port, reading), reading)
+                except OSError:  # not serving yet, or just gone
+                    pass
+                time.sleep(0.2)
+
+        watchers = [threading.Thread(target=watch, args=args, daemon=True)
+                    for args in zip(p.lines, prod_ports, producers)]
+        for w in watchers:
+            w.start()
+        for w in watchers:
+            w.join(130)
         sent = p.wait_producers(producers)
         bad = Producer(producer_config(p.kafka))
         bad.produce(topics.frames(p.lines[0]), key=b"cam0", value=b"\x93not a frame")
