@@ -72,6 +72,7 @@ class SinkMetrics:
     commits: int = 0         # successful offset commits
     commit_failures: int = 0
     revocations: int = 0     # rebalances that took partitions away
+    reopens: int = 0         # consumers replaced after being stuck without an assignment
     # Messages after the committed offset, per "topic[partition]" this sink holds,
     # measured from the broker every sinks.lag_report_s and on exit.
     lag: dict[str, int] = field(default_factory=dict)
@@ -124,6 +125,7 @@ class Sink(abc.ABC, Generic[T]):
         self._in_retry = False
         self._early: list[Message] = []                # polled while paused for a retry
         self._assigned_at: float | None = None
+        self._unassigned_since: float | None = None  # partitions taken, no assignment (even empty) since
         self._started_at = self._last_message_at = time.monotonic()
         self._lag_measured_at = 0.0
         self._failing_since: float | None = None
@@ -189,6 +191,7 @@ class Sink(abc.ABC, Generic[T]):
                 if self._batch_due():
                     self._flush()
                 self._maybe_measure_lag()
+                consumer = self._maybe_reopen(consumer)
                 if idle_exit_s is not None and not messages and self._idle_expired(idle_exit_s):
                     break
             self._flush()
@@ -219,6 +222,27 @@ class Sink(abc.ABC, Generic[T]):
                            on_lost=self._on_lost)
         self._consumer = consumer
         return consumer
+
+    def _maybe_reopen(self, consumer: Consumer) -> Consumer:
+        """A consumer stuck rejoining its group is closed and a new one subscribes.
+
+        Seen once in about twenty broker restarts: librdkafka's session timed out, it revoked the
+        partitions and its coordinator request never left the queue, so the sink sat idle while its
+        lag grew. Messages it had not committed are read again by the new consumer (at-least-once;
+        the stores are idempotent)."""
+        if self._unassigned_since is None or time.monotonic() - self._unassigned_since < self.cfg.rejoin_timeout_s:
+            return consumer
+        log.warning("sink %s: no partitions assigned for %.0fs since they were taken; reopening the consumer",
+                    self.kind, time.monotonic() - self._unassigned_since)
+        self.metrics.reopens += 1
+        self._forget(set(self._offsets))
+        self._committed.clear()
+        self._unassigned_since = None
+        try:
+            consumer.close()
+        except Exception as exc:  # noqa: BLE001 - it is being replaced either way
+            log.warning("sink %s: closing the stuck consumer: %s", self.kind, exc)
+        return self._open_consumer()
 
     def _take_early(self, budget: int) -> list[Message]:
         taken, self._early = self._early[:budget], self._early[budget:]
@@ -465,11 +489,13 @@ class Sink(abc.ABC, Generic[T]):
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned_at = time.monotonic()
+        self._unassigned_since = None
         log.info("sink %s: assigned %s", self.kind, [f"{p.topic}[{p.partition}]" for p in partitions])
         if self._in_retry and partitions:
             consumer.pause(partitions)  # no new work while the current batch is failing
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._unassigned_since = time.monotonic()
         try:
             self._flush_on_revoke(partitions)
         finally:
@@ -496,6 +522,7 @@ class Sink(abc.ABC, Generic[T]):
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost (not revoked): committing is no longer possible; just let go.
+        self._unassigned_since = time.monotonic()
         self._forget({(p.topic, p.partition) for p in partitions})
 
     def _forget(self, partitions: set[PartitionKey]) -> None:

@@ -257,6 +257,62 @@ def test_stop_while_the_store_is_down_commits_nothing(sink_settings: Settings, t
         store.close()
 
 
+class _UnsubscribingSink(ClickHouseSink):
+    """Once ``strike`` is set, its consumer unsubscribes in the sink's own loop (librdkafka serves
+    rebalances on the polling thread): revoked, and no assignment will ever come to it."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002,ANN003
+        super().__init__(*args, **kwargs)
+        self.strike, self.struck = threading.Event(), threading.Event()
+
+    def _maybe_measure_lag(self) -> None:
+        if self.strike.is_set() and not self.struck.is_set():
+            self._consumer.unsubscribe()
+            self.struck.set()
+        super()._maybe_measure_lag()
+
+
+def test_a_consumer_left_without_an_assignment_is_replaced(sink_settings: Settings, tmp_path: Path) -> None:
+    """After a broker restart librdkafka once revoked a sink's partitions and never rejoined (its
+    coordinator request stuck in the queue). Here the consumer is really left without an assignment
+    (unsubscribed in the sink's loop); the sink must notice, open a new consumer, and write the rest,
+    each message once."""
+    settings = sink_settings
+    settings.sinks.rejoin_timeout_s = 3.0
+    lines = _lines(1)
+    kafka_admin.ensure_topics(settings.kafka, lines)
+    verdict_topics = [topics.verdicts(lines[0])]
+    group = _group("clickhouse")
+    verdicts = make_verdicts(40, lines=tuple(lines))
+    _produce_verdicts(settings, verdicts[:20])
+    store = ChdbStore(tmp_path / "chdb")
+    stop = threading.Event()
+    sink = _UnsubscribingSink(settings, store, lines=lines, group_id=group)
+    runner = threading.Thread(target=lambda: sink.run(stop_event=stop))
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while sink.metrics.written < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.metrics.written == 20 and sink.metrics.reopens == 0
+        sink.strike.set()
+        assert sink.struck.wait(30)
+        _produce_verdicts(settings, verdicts[20:])
+        deadline = time.monotonic() + 60
+        while not (sink.metrics.written == 40 and _fully_committed(settings, group, verdict_topics)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sink.metrics.reopens == 1
+        assert sink.metrics.written == 40 and _fully_committed(settings, group, verdict_topics)
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    try:
+        assert store.count_frames() == 40
+    finally:
+        store.close()
+
+
 @pytest.mark.s3
 def test_heatmap_sink_stores_pngs_in_s3_under_their_keys(sink_settings: Settings, stack) -> None:  # noqa: ANN001
     from minio import Minio
