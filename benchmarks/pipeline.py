@@ -48,8 +48,7 @@ from confluent_kafka import Consumer, Producer
 from lineguard.components import Component, component_env
 from lineguard.config import Settings
 from lineguard.engines.runtime import ScoringEngine
-from lineguard.kafka_admin import consumer_config, ensure_topics, producer_config
-from lineguard.kafka_admin import count_messages
+from lineguard.kafka_admin import consumer_config, count_messages, ensure_topics, producer_config
 from lineguard.schemas import Frame, ImageLimits, Verdict, new_frame_id, topics
 from lineguard.schemas import image as imagecodec
 
@@ -252,14 +251,17 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
     # spread evenly among the frames of every line (phase 6); only the good frames give verdicts.
     poison_per_frame = cfg.poison_share / (1 - cfg.poison_share)
     poison_sent = dict.fromkeys(lines, 0)
+    hostile: dict[str, list[bytes]] = {}  # per line, built once and sent in turn
+    if cfg.poison_share > 0:
+        for j, line in enumerate(lines):
+            other = lines[(j + 1) % len(lines)] if len(lines) > 1 else "no-such-line"
+            hostile[line] = [value for _, value in poison_frames(line, other, cfg.product, f"{line}-cam0", jpegs[0])]
     deadletters_before = count_messages(settings.kafka, topics.DEADLETTER)
     for i, jpeg in enumerate(jpegs):
-        for j, line in enumerate(lines):
+        for line in lines:
             produce(line, jpeg, i)
             while poison_sent[line] < round((i + 1) * poison_per_frame):
-                other = lines[(j + 1) % len(lines)] if len(lines) > 1 else "no-such-line"
-                hostile = poison_frames(line, other, cfg.product, f"{line}-cam0", jpeg, seed=i)
-                send(line, "poison", hostile[poison_sent[line] % len(hostile)][1])
+                send(line, "poison", hostile[line][poison_sent[line] % len(hostile[line])])
                 poison_sent[line] += 1
     producer.flush(120)
     n = len(jpegs) * len(lines)
