@@ -180,8 +180,9 @@ class SinkConfig(_Section):
     metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
     lag_report_s: float = Field(default=5.0, gt=0)  # how often consumer lag is measured (and logged while retrying)
     # A consumer whose partitions were taken (rebalance, session timeout) and that has not been given an
-    # assignment again after this long is closed and opened anew (librdkafka can stay stuck rejoining
-    # after a broker restart).
+    # assignment again, or whose oldest commit is unanswered, after this long is closed and opened anew
+    # (librdkafka can stay stuck rejoining after a broker restart). Also bounds the wait for commit
+    # answers and for the consumer's close when a sink stops.
     rejoin_timeout_s: float = Field(default=30.0, gt=0)
     clickhouse: ClickHouseConfig = ClickHouseConfig()
     object_store: ObjectStoreConfig = ObjectStoreConfig()

@@ -16,7 +16,14 @@ the dead-letter topic). Concretely:
   in its group (``max.poll.interval.ms`` counts from the last poll) and answers
   rebalances. ``max.poll.interval.ms`` is still set to 10 minutes, because one
   slow ``write`` call (a big insert into a struggling server) does not poll.
-* After a write, exactly the written offsets are committed, synchronously.
+* After a write, exactly the written offsets are committed, asynchronously: the
+  loop never blocks on the group coordinator (a synchronous commit waits for its
+  answer without limit, and while it waits no rebalance is served). The answer
+  arrives in a later poll; on shutdown the loop polls up to ``sinks.rejoin_timeout_s``
+  for the answers still out.
+* A consumer whose coordinator stops answering (a commit unanswered, or no
+  assignment after its partitions were taken, for ``sinks.rejoin_timeout_s``) is
+  closed and a new one subscribes; librdkafka was seen stuck so after a broker restart.
 * On partition revocation the batch is flushed before the partitions go; if the
   write fails then, the revoked partitions' messages are dropped from the batch
   uncommitted, and their new owner reads them again.
@@ -130,6 +137,9 @@ class Sink(abc.ABC, Generic[T]):
         self._lag_measured_at = 0.0
         self._failing_since: float | None = None
         self._committed: dict[PartitionKey, int] = {}  # last committed offset we know of
+        self._consumer_generation = 0  # callbacks of replaced consumers are ignored
+        self._commits_unanswered = 0
+        self._commit_waiting_since: float | None = None  # the oldest unanswered commit was sent then
         self._lag_labels: set[tuple[str, str]] = set()
         self._m_consumed = prom.CONSUMED.labels(self.kind)
         self._m_written = prom.WRITTEN.labels(self.kind)
@@ -214,35 +224,69 @@ class Sink(abc.ABC, Generic[T]):
                 "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
                 # New line topics matching the regex are picked up within this time.
                 "topic.metadata.refresh.interval.ms": 10_000,
+                "on_commit": self._current(self._on_commit),
                 **self._consumer_overrides,
             },
         )
         consumer = Consumer(conf)
-        consumer.subscribe(self.subscription, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_lost)
+        consumer.subscribe(self.subscription, on_assign=self._current(self._on_assign),
+                           on_revoke=self._current(self._on_revoke), on_lost=self._current(self._on_lost))
         self._consumer = consumer
         return consumer
 
-    def _maybe_reopen(self, consumer: Consumer) -> Consumer:
-        """A consumer stuck rejoining its group is closed and a new one subscribes.
+    def _current(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """``callback``, ignored once the consumer it is given to has been replaced: a replaced
+        consumer closes in the background and must not touch this sink's state."""
+        generation = self._consumer_generation
 
-        Seen once in about twenty broker restarts: librdkafka's session timed out, it revoked the
-        partitions and its coordinator request never left the queue, so the sink sat idle while its
-        lag grew. Messages it had not committed are read again by the new consumer (at-least-once;
-        the stores are idempotent)."""
-        if self._unassigned_since is None or time.monotonic() - self._unassigned_since < self.cfg.rejoin_timeout_s:
+        def guarded(*args: Any) -> None:
+            if generation == self._consumer_generation:
+                callback(*args)
+        return guarded
+
+    def _close_consumer(self, consumer: Consumer, wait_s: float) -> None:
+        """Close in a helper thread, waiting at most ``wait_s``: librdkafka's close waits for the
+        answers to commits sent, without limit, while the coordinator does not answer."""
+        def close() -> None:
+            try:
+                consumer.close()
+            except Exception as exc:  # noqa: BLE001 - nothing is left to do with it
+                log.warning("sink %s: closing a consumer: %s", self.kind, exc)
+        closer = threading.Thread(target=close, name=f"sink-{self.kind}-close", daemon=True)
+        closer.start()
+        closer.join(wait_s)
+        if closer.is_alive() and wait_s > 0:
+            self._consumer_generation += 1  # its late callbacks are ignored
+            log.warning("sink %s: the consumer is still closing after %.0fs; left to finish in the background",
+                        self.kind, wait_s)
+
+    def _maybe_reopen(self, consumer: Consumer) -> Consumer:
+        """A consumer whose group coordinator stopped answering is closed and a new one subscribes.
+
+        Seen once in about twenty broker restarts: librdkafka's request to the coordinator never
+        left its queue, the session timed out, and the sink sat idle while its lag grew. Messages
+        it had not committed are read again by the new consumer (at-least-once; the stores are
+        idempotent)."""
+        stuck = self._stuck_for()
+        if stuck is None:
             return consumer
-        log.warning("sink %s: no partitions assigned for %.0fs since they were taken; reopening the consumer",
-                    self.kind, time.monotonic() - self._unassigned_since)
+        log.warning("sink %s: %s; reopening the consumer", self.kind, stuck)
         self.metrics.reopens += 1
         self._forget(set(self._offsets))
+        self._consumer_generation += 1  # from here on the old consumer's callbacks are ignored
+        self._close_consumer(consumer, wait_s=0)
         self._committed.clear()
-        self._unassigned_since = None
-        try:
-            consumer.close()
-        except Exception as exc:  # noqa: BLE001 - it is being replaced either way
-            log.warning("sink %s: closing the stuck consumer: %s", self.kind, exc)
+        self._unassigned_since = self._commit_waiting_since = None
+        self._commits_unanswered = 0  # the old consumer's answers will not come
         return self._open_consumer()
+
+    def _stuck_for(self) -> str | None:
+        now, limit = time.monotonic(), self.cfg.rejoin_timeout_s
+        if self._unassigned_since is not None and now - self._unassigned_since >= limit:
+            return f"no partitions assigned for {now - self._unassigned_since:.0f}s since they were taken"
+        if self._commit_waiting_since is not None and now - self._commit_waiting_since >= limit:
+            return f"a commit unanswered for {now - self._commit_waiting_since:.0f}s"
+        return None
 
     def _take_early(self, budget: int) -> list[Message]:
         taken, self._early = self._early[:budget], self._early[budget:]
@@ -432,18 +476,48 @@ class Sink(abc.ABC, Generic[T]):
         if self._consumer is None or not offsets:
             return
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-            self.metrics.commits += 1
-            prom.COMMITS.labels(self.kind).inc()
-            for tp in offsets:
-                self._committed[(tp.topic, tp.partition)] = tp.offset
+            self._consumer.commit(offsets=offsets, asynchronous=True)  # answered in _on_commit
         except KafkaException as exc:
-            # The rows are written; if the group moved on, whoever owns the partitions
-            # now re-reads them, and the replay collapses. Nothing is lost.
-            self.metrics.commit_failures += 1
-            prom.COMMIT_FAILURES.labels(self.kind).inc()
-            log.warning("sink %s: commit failed (%s); the new owner will replay these messages",
-                        self.kind, exc)
+            self._commit_failed(exc)
+            return
+        if self._commits_unanswered == 0:
+            self._commit_waiting_since = time.monotonic()
+        self._commits_unanswered += 1
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self._commits_unanswered = max(0, self._commits_unanswered - 1)
+        # Answers come in order, so the next one out was sent after this one was answered at the earliest.
+        self._commit_waiting_since = time.monotonic() if self._commits_unanswered else None
+        failed = [tp for tp in partitions if tp.error is not None]
+        if err is not None or failed:
+            self._commit_failed(err or failed[0].error)
+            return
+        self.metrics.commits += 1
+        prom.COMMITS.labels(self.kind).inc()
+        try:
+            held = {(tp.topic, tp.partition) for tp in self._consumer.assignment()} if self._consumer else set()
+        except (KafkaException, RuntimeError):  # answered while the consumer closes
+            held = set()
+        for tp in partitions:
+            if (tp.topic, tp.partition) in held:  # a partition that moved away is its new owner's to report
+                self._committed[(tp.topic, tp.partition)] = tp.offset
+
+    def _commit_failed(self, error: object) -> None:
+        # The rows are written; if the group moved on, whoever owns the partitions
+        # now re-reads them, and the replay collapses. Nothing is lost.
+        self.metrics.commit_failures += 1
+        prom.COMMIT_FAILURES.labels(self.kind).inc()
+        log.warning("sink %s: commit failed (%s); these messages will be read again", self.kind, error)
+
+    def _await_commits(self, consumer: Consumer, timeout_s: float) -> None:
+        """Poll until every commit sent is answered (or ``timeout_s`` passes). Messages polled
+        meanwhile are dropped: they are after the committed offsets, so they are read again."""
+        deadline = time.monotonic() + timeout_s
+        while self._commits_unanswered and time.monotonic() < deadline:
+            consumer.poll(_POLL_SLICE_S)
+        if self._commits_unanswered:
+            log.warning("sink %s: %d commits unanswered after %.0fs; their messages will be read again",
+                        self.kind, self._commits_unanswered, timeout_s)
 
     def _maybe_measure_lag(self) -> None:
         if time.monotonic() - self._lag_measured_at >= self.cfg.lag_report_s:
@@ -545,8 +619,10 @@ class Sink(abc.ABC, Generic[T]):
             if self._producer is not None:
                 self._producer.flush(10)
             if self._consumer is not None:
+                self._await_commits(self._consumer, self.cfg.rejoin_timeout_s)
                 self._measure_lag()
-                self._consumer.close()  # leaves the group; commits nothing (auto commit is off)
+                # Leaves the group; commits nothing (auto commit is off).
+                self._close_consumer(self._consumer, wait_s=self.cfg.rejoin_timeout_s)
         finally:
             self._consumer = None
             self.close()

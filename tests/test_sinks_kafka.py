@@ -6,6 +6,8 @@ so tests neither see each other's messages nor each other's committed offsets.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -257,6 +259,20 @@ def test_stop_while_the_store_is_down_commits_nothing(sink_settings: Settings, t
         store.close()
 
 
+def _one_line_sink(settings: Settings, sink_class: type[ClickHouseSink], tmp_path: Path):  # noqa: ANN202
+    """A sink of ``sink_class`` on one new line, its own group and a chdb store, with 20 of 40
+    verdicts already produced: (sink, store, stop event, runner thread not started, the 40 verdicts)."""
+    lines = _lines(1)
+    kafka_admin.ensure_topics(settings.kafka, lines)
+    verdicts = make_verdicts(40, lines=tuple(lines))
+    _produce_verdicts(settings, verdicts[:20])
+    store = ChdbStore(tmp_path / "chdb")
+    stop = threading.Event()
+    sink = sink_class(settings, store, lines=lines, group_id=_group("clickhouse"))
+    runner = threading.Thread(target=lambda: sink.run(stop_event=stop))
+    return sink, store, stop, runner, verdicts
+
+
 class _UnsubscribingSink(ClickHouseSink):
     """Once ``strike`` is set, its consumer unsubscribes in the sink's own loop (librdkafka serves
     rebalances on the polling thread): revoked, and no assignment will ever come to it."""
@@ -279,16 +295,8 @@ def test_a_consumer_left_without_an_assignment_is_replaced(sink_settings: Settin
     each message once."""
     settings = sink_settings
     settings.sinks.rejoin_timeout_s = 3.0
-    lines = _lines(1)
-    kafka_admin.ensure_topics(settings.kafka, lines)
-    verdict_topics = [topics.verdicts(lines[0])]
-    group = _group("clickhouse")
-    verdicts = make_verdicts(40, lines=tuple(lines))
-    _produce_verdicts(settings, verdicts[:20])
-    store = ChdbStore(tmp_path / "chdb")
-    stop = threading.Event()
-    sink = _UnsubscribingSink(settings, store, lines=lines, group_id=group)
-    runner = threading.Thread(target=lambda: sink.run(stop_event=stop))
+    sink, store, stop, runner, verdicts = _one_line_sink(settings, _UnsubscribingSink, tmp_path)
+    group, verdict_topics = sink.group_id, sink.subscription
     try:
         runner.start()
         deadline = time.monotonic() + 60
@@ -307,6 +315,75 @@ def test_a_consumer_left_without_an_assignment_is_replaced(sink_settings: Settin
     finally:
         stop.set()
         runner.join(timeout=30)
+    try:
+        assert store.count_frames() == 40
+    finally:
+        store.close()
+
+
+class _GatedSink(ClickHouseSink):
+    """Its second write waits for ``go`` (and says so with ``writing``), so the test can make the
+    group coordinator stop answering right before that batch's commit is sent."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002,ANN003
+        super().__init__(*args, **kwargs)
+        self.writing, self.go = threading.Event(), threading.Event()
+        self._writes = 0
+
+    def write(self, batch: list[Verdict]) -> None:
+        self._writes += 1
+        if self._writes == 2:
+            self.writing.set()
+            assert self.go.wait(60)
+        super().write(batch)
+
+
+def test_a_consumer_whose_commits_go_unanswered_is_replaced(
+    sink_settings: Settings, stack, tmp_path: Path  # noqa: ANN001
+) -> None:
+    """The broker is frozen (SIGSTOP) right before a commit: the commit is never answered. A
+    synchronous commit would hold the sink's loop until the broker thaws (librdkafka waits without
+    limit, and so does its close); the loop must instead notice within ``rejoin_timeout_s`` and
+    replace the consumer, and after the thaw every message is stored once and committed."""
+    settings = sink_settings
+    settings.sinks.rejoin_timeout_s = 3.0
+    sink, store, stop, runner, verdicts = _one_line_sink(settings, _GatedSink, tmp_path)
+    group, verdict_topics = sink.group_id, sink.subscription
+    broker = stack.local.running("kafka")
+    assert broker is not None
+    frozen_for = None
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while not (sink.metrics.written == 20 and _fully_committed(settings, group, verdict_topics)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sink.metrics.written == 20
+        _produce_verdicts(settings, verdicts[20:])
+        assert sink.writing.wait(30)
+        os.kill(broker, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            sink.go.set()
+            while sink.metrics.reopens == 0 and time.monotonic() - frozen_at < 20:
+                time.sleep(0.1)
+            frozen_for = time.monotonic() - frozen_at
+        finally:
+            os.kill(broker, signal.SIGCONT)
+        print(f"commit unanswered: {frozen_for:.1f}s into the broker freeze "
+              f"(reopens={sink.metrics.reopens})")
+        assert sink.metrics.reopens == 1
+        deadline = time.monotonic() + 90
+        while not _fully_committed(settings, group, verdict_topics) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _fully_committed(settings, group, verdict_topics)
+        print(f"after the thaw: written={sink.metrics.written} (replays collapse), all offsets committed")
+        assert sink.metrics.written >= 40
+    finally:
+        sink.go.set()
+        stop.set()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
     try:
         assert store.count_frames() == 40
     finally:
