@@ -53,6 +53,7 @@ from lineguard.schemas import Frame, ImageLimits, Verdict, new_frame_id, topics
 from lineguard.schemas import image as imagecodec
 
 from .hostile import poison_frames
+from .measure import status_kib
 from .report import write_report
 
 
@@ -125,13 +126,12 @@ def _cpu_s(pid: int | None) -> float:
 
 def _peak_rss_mib(pid: int | None) -> float:
     """Peak resident memory of a running process (VmHWM), MiB; 0 if it is gone."""
+    if pid is None:
+        return 0.0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, TypeError):
-        pass
-    return 0.0
+        return status_kib(pid, "VmHWM") / 1024
+    except OSError:
+        return 0.0
 
 
 def _frame_bytes(jpeg: bytes, line: str, product: str, seq: int, camera: str) -> bytes:

@@ -39,6 +39,7 @@ import abc
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -138,8 +139,7 @@ class Sink(abc.ABC, Generic[T]):
         self._failing_since: float | None = None
         self._committed: dict[PartitionKey, int] = {}  # last committed offset we know of
         self._consumer_generation = 0  # callbacks of replaced consumers are ignored
-        self._commits_unanswered = 0
-        self._commit_waiting_since: float | None = None  # the oldest unanswered commit was sent then
+        self._commits_sent_at: deque[float] = deque()  # when each unanswered commit was sent (answers come in order)
         self._lag_labels: set[tuple[str, str]] = set()
         self._m_consumed = prom.CONSUMED.labels(self.kind)
         self._m_written = prom.WRITTEN.labels(self.kind)
@@ -276,16 +276,16 @@ class Sink(abc.ABC, Generic[T]):
         self._consumer_generation += 1  # from here on the old consumer's callbacks are ignored
         self._close_consumer(consumer, wait_s=0)
         self._committed.clear()
-        self._unassigned_since = self._commit_waiting_since = None
-        self._commits_unanswered = 0  # the old consumer's answers will not come
+        self._unassigned_since = None
+        self._commits_sent_at.clear()  # the old consumer's answers will not come
         return self._open_consumer()
 
     def _stuck_for(self) -> str | None:
         now, limit = time.monotonic(), self.cfg.rejoin_timeout_s
         if self._unassigned_since is not None and now - self._unassigned_since >= limit:
             return f"no partitions assigned for {now - self._unassigned_since:.0f}s since they were taken"
-        if self._commit_waiting_since is not None and now - self._commit_waiting_since >= limit:
-            return f"a commit unanswered for {now - self._commit_waiting_since:.0f}s"
+        if self._commits_sent_at and now - self._commits_sent_at[0] >= limit:
+            return f"a commit unanswered for {now - self._commits_sent_at[0]:.0f}s"
         return None
 
     def _take_early(self, budget: int) -> list[Message]:
@@ -480,14 +480,11 @@ class Sink(abc.ABC, Generic[T]):
         except KafkaException as exc:
             self._commit_failed(exc)
             return
-        if self._commits_unanswered == 0:
-            self._commit_waiting_since = time.monotonic()
-        self._commits_unanswered += 1
+        self._commits_sent_at.append(time.monotonic())
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        self._commits_unanswered = max(0, self._commits_unanswered - 1)
-        # Answers come in order, so the next one out was sent after this one was answered at the earliest.
-        self._commit_waiting_since = time.monotonic() if self._commits_unanswered else None
+        if self._commits_sent_at:
+            self._commits_sent_at.popleft()
         failed = [tp for tp in partitions if tp.error is not None]
         if err is not None or failed:
             self._commit_failed(err or failed[0].error)
@@ -513,11 +510,11 @@ class Sink(abc.ABC, Generic[T]):
         """Poll until every commit sent is answered (or ``timeout_s`` passes). Messages polled
         meanwhile are dropped: they are after the committed offsets, so they are read again."""
         deadline = time.monotonic() + timeout_s
-        while self._commits_unanswered and time.monotonic() < deadline:
+        while self._commits_sent_at and time.monotonic() < deadline:
             consumer.poll(_POLL_SLICE_S)
-        if self._commits_unanswered:
+        if self._commits_sent_at:
             log.warning("sink %s: %d commits unanswered after %.0fs; their messages will be read again",
-                        self.kind, self._commits_unanswered, timeout_s)
+                        self.kind, len(self._commits_sent_at), timeout_s)
 
     def _maybe_measure_lag(self) -> None:
         if time.monotonic() - self._lag_measured_at >= self.cfg.lag_report_s:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from lineguard.benchmarks.measure import status_kib
 from lineguard.components import Component, component_env
 from lineguard.config import KafkaConfig
 from lineguard.kafka_admin import count_messages, ensure_topics, group_lag
@@ -95,10 +96,7 @@ def cameras_for_partitions(line: str, n: int, partitions: int) -> list[str]:
 
 def rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` from /proc/<pid>/status (VmRSS, KiB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise ValueError(f"no VmRSS for pid {pid}")
+    return status_kib(pid, "VmRSS")
 
 
 @dataclass

@@ -16,10 +16,10 @@ about a minute on two shared cores.
 from __future__ import annotations
 
 import signal
-from collections import Counter
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from lineguard.benchmarks.hostile import jpeg_declaring, png_declaring
+from lineguard.benchmarks.measure import status_kib
 from lineguard.schemas import DeadLetter, Frame, Heatmap, ImageLimits, Reason, SchemaError, Verdict, topics
 from lineguard.schemas import image as imagecodec
 from lineguard.schemas.messages import RAW_DTYPES
@@ -44,10 +45,7 @@ def _rss_kib() -> int:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    return status_kib("self", "VmRSS")
 
 
 def _frame(**kw) -> Frame:  # noqa: ANN003
