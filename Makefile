@@ -5,13 +5,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/pip --disable-pip-version-check
+# setuptools announces every editable install with an "Editable installation." warning that
+# pip shows even under -q; the build backend inherits PYTHONWARNINGS, so it is silenced here only.
+PIP    := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip --disable-pip-version-check
 STAMP  := $(VENV)/.stamp
 
 .PHONY: demo test venv train-deps stack-deps browser-deps stack-up stack-down clean help
 
 help:
-	@echo "make demo   - set up, fit a model, run 2 lines through Kafka -> processors -> sinks"
+	@echo "make demo   - set up, fit PatchCore, run 2 lines through Kafka -> processors -> sinks"
 	@echo "make test   - set up and run the whole test suite (starts Kafka and an S3 server)"
 
 $(STAMP): pyproject.toml
@@ -41,8 +43,9 @@ stack-up: stack-deps
 stack-down:
 	-$(BIN)/lineguard stack down
 
-# The demo runs on the embedded defaults (chdb, local heatmap folder): Kafka is all it needs.
-demo: $(STAMP)
+# The demo fits PatchCore (hence train-deps) and runs on the embedded defaults (chdb, local
+# heatmap folder): Kafka is all it needs besides.
+demo: train-deps
 	$(BIN)/lineguard stack fetch --no-s3
 	$(BIN)/lineguard demo
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lineguard.config import parse_shift
-from lineguard.sinks.clickhouse import VerdictStore
+from lineguard.stores import VerdictStore
 
 UTC = dt.timezone.utc
 DEFAULT_SHIFTS = ("06-14", "14-22", "22-06")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lineguard.config import Settings
-from lineguard.sinks.clickhouse import VerdictStore
+from lineguard.stores import VerdictStore
 
 from . import cookbook
 from .schema import create_analytics_schema, load_model_references
@@ -226,7 +226,7 @@ class Report:
 
 
 def run_report(args: argparse.Namespace, settings: Settings) -> int:
-    from lineguard.sinks.clickhouse import ChdbPathInUseError, open_store
+    from lineguard.stores import ChdbPathInUseError, open_store
 
     if args.list or args.sql:
         for name, query in cookbook.QUERIES.items():

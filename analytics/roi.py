@@ -94,7 +94,7 @@ def compute(i: RoiInputs) -> RoiResult:
 def measure(settings: Settings, since: dt.datetime, until: dt.datetime, line: str | None,
             frames_per_unit: float = 1.0) -> dict[str, float] | None:
     """Defect rate and units per running hour from ClickHouse, or None without verdicts."""
-    from lineguard.sinks.clickhouse import open_store
+    from lineguard.stores import open_store
 
     from .cookbook import micros
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from lineguard.engines.manifest import MANIFEST_FILE, Manifest
-from lineguard.sinks.clickhouse import VerdictStore
+from lineguard.stores import VerdictStore
 
 PSI_FLOOR = 1e-4  # smallest bin fraction in a PSI sum of unsmoothed fractions (before/after queries)
 PSEUDOCOUNT = 0.5  # per bin, added to both histograms of the drift views (Jeffreys)

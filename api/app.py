@@ -32,11 +32,11 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineguard.config import ConfigError, Settings
+from lineguard.inspection import ModelLoadError, ModelRegistry
 
 from .data import HeatmapReader, StoreHolder, Unavailable, rows_json
 from .inspection import InspectionError, b64, decode_upload, inspect, limits_for
 from .metrics import ApiMetrics
-from .models import ModelCatalog
 
 log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file
@@ -130,8 +130,8 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Malformed request body (e.g. broken multipart)", 401: "Missing or wrong X-API-Key", 404: "Not found",
-            413: "Upload or image too large", 415: "Not a JPEG or PNG image",
-            422: "Invalid request or undecodable image", 503: "ClickHouse or the object store is unavailable"}
+            413: "Upload or image too large", 415: "Not a JPEG or PNG image", 422: "Invalid request or undecodable image",
+            503: "ClickHouse, the object store or the product's model is unavailable"}
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
 
 
@@ -221,17 +221,17 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastAPI:
-    """The app for ``settings``; models are loaded here (start-up), not per request."""
+def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
+    """The app for ``settings``; models are loaded here (start-up) and reloaded when retrained, as in the processors."""
     keys = settings.api.keys()
     if not keys:
         raise ConfigError("no API keys configured: set api.api_keys (LINEGUARD_API__API_KEYS='[\"...\"]') "
                           "or api.api_keys_file")
     encoded_keys = [k.encode() for k in keys]
     model_dir = Path(settings.processor.model_dir)
-    catalog = catalog or ModelCatalog(model_dir, threads=settings.processor.inference_threads)
+    registry = registry or ModelRegistry.from_config(settings.processor)
     metrics = ApiMetrics()
-    metrics.models_loaded.set(len(catalog))
+    metrics.models_loaded.set(len(registry.load_all()))
     store = StoreHolder(settings, model_dir)
     heatmaps = HeatmapReader(settings)
     limits = limits_for(settings)
@@ -249,7 +249,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
         lifespan=lifespan,
         responses=_responses(422),
     )
-    app.state.catalog, app.state.metrics, app.state.store = catalog, metrics, store
+    app.state.registry, app.state.metrics, app.state.store = registry, metrics, store
     app.add_middleware(BodyLimit, limit=settings.api.max_upload_bytes + MULTIPART_OVERHEAD)
     app.mount("/dashboard/static", StaticFiles(directory=str(STATIC)), name="dashboard-static")
 
@@ -302,7 +302,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
     # -- inspection ------------------------------------------------------------------------
 
     @app.post("/inspect/{product}", response_model=InspectResult, dependencies=authed, tags=["inspection"],
-              responses=_responses(400, 401, 404, 413, 415, 422),
+              responses=_responses(400, 401, 404, 413, 415, 422, 503),
               summary="Score one image now and return the verdict")
     def inspect_image(
         product: Annotated[str, PathParam(pattern=NAME_PATTERN, description="product, as in the model folder")],
@@ -312,12 +312,15 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
                                           description="apply this line's model and threshold override")] = None,
     ) -> InspectResult:
         started = time.perf_counter()
-        model = catalog.get(product, line)
+        try:
+            model = registry.get(product, line)
+        except ModelLoadError as exc:
+            raise InspectionError(503, "model_unavailable", str(exc)) from None
         if model is None:
             metrics.rejections.labels(reason="unknown_product").inc()
             raise StarletteHTTPException(404, f"no model for product {product!r}"
                                               + (f" on line {line!r}" if line else "")
-                                              + f"; serving: {sorted(catalog.models) or 'none'}")
+                                              + f"; serving: {[m.folder for m in registry.loaded()] or 'none'}")
         data = file.file.read(limits.max_image_bytes + 1)  # never more than the limit + 1 byte
         img = decode_upload(data, limits)
         result = inspect(model, img, settings, line, heatmap)
@@ -334,7 +337,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
              responses=_responses(401))
     def list_models() -> list[ModelInfo]:
         out = []
-        for m in catalog.models.values():
+        for m in registry.load_all():
             manifest = m.engine.manifest
             out.append(ModelInfo(folder=m.folder, product=m.product, line_id=m.line_id, model_name=manifest.name,
                                  model_version=manifest.version, kind=manifest.kind,
@@ -344,7 +347,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
 
     @app.get("/health", response_model=Health, tags=["operations"])
     def health() -> Health:
-        return Health(status="ok", models=len(catalog), clickhouse=store.status())
+        return Health(status="ok", models=len(registry.loaded()), clickhouse=store.status())
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"],
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},

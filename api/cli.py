@@ -30,7 +30,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Listening now: a client that connects before uvicorn runs waits in the backlog, never refused.
     sock.listen(512)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"serve: listening on http://{shown}:{port} (models={len(app.state.catalog)}; "
+    print(f"serve: listening on http://{shown}:{port} (models={len(app.state.registry.loaded())}; "
           f"dashboard: http://{shown}:{port}/dashboard)", flush=True)
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lineguard.config import Settings
-from lineguard.sinks.clickhouse import VerdictStore, open_store
-from lineguard.sinks.heatmaps import ObjectStore, check_key, open_object_store
+from lineguard.stores import ObjectStore, VerdictStore, check_key, open_object_store, open_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -2,7 +2,8 @@
 
 Decoding goes through ``lineguard.schemas.image.decode`` with the API's limits, the
 same bomb-proof path the processors use: the declared dimensions are checked from
-the header before a pixel is decompressed.
+the header before a pixel is decompressed. Thresholds and overlays are
+``lineguard.inspection``'s, so a verdict here is the one a processor would give.
 """
 
 from __future__ import annotations
@@ -11,17 +12,11 @@ import base64
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from lineguard.config import Settings
-from lineguard.processors.heatmap import render_overlay
-from lineguard.processors.scoring import threshold_for
+from lineguard.inspection import LoadedModel, NonFiniteScore, is_defective, render_overlay, threshold_for
 from lineguard.schemas import ImageLimits, Reason, SchemaError, image
-
-from .models import LoadedModel
-
-HEATMAP_MAX_SIDE = 512  # as the processors: overlays are for people
 
 
 class InspectionError(Exception):
@@ -72,14 +67,6 @@ class Inspection:
     heatmap_png: bytes | None
 
 
-def _for_display(img: np.ndarray) -> np.ndarray:
-    h, w = img.shape[:2]
-    scale = HEATMAP_MAX_SIDE / max(h, w)
-    if scale >= 1.0:
-        return img
-    return cv2.resize(img, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
-
-
 def inspect(model: LoadedModel, img: np.ndarray, settings: Settings, line_id: str | None,
             want_heatmap: bool) -> Inspection:
     engine = model.engine
@@ -87,16 +74,15 @@ def inspect(model: LoadedModel, img: np.ndarray, settings: Settings, line_id: st
     scores, maps = engine.score([img])
     inference_ms = (time.perf_counter() - started) * 1000
     score = float(scores[0])
-    if not np.isfinite(score):
-        raise InspectionError(422, "scoring_failed", "the engine returned a non-finite score for this image")
     manifest = engine.manifest
     # The same threshold a processor would apply on this line (overrides included).
-    threshold = (threshold_for(settings.processor, line_id, model.product, manifest.thresholds.value)
-                 if line_id else float(manifest.thresholds.value))
-    heatmap = None
-    if want_heatmap:
-        heatmap = render_overlay(_for_display(img), maps[0][0], manifest.map_display_range, threshold)
-    return Inspection(score, threshold, score > threshold, inference_ms, img.shape[1], img.shape[0], heatmap)
+    threshold = threshold_for(settings.processor, line_id, model.product, manifest.thresholds.value)
+    try:
+        defective = is_defective(score, threshold)
+    except NonFiniteScore:
+        raise InspectionError(422, "scoring_failed", "the engine returned a non-finite score for this image") from None
+    heatmap = render_overlay(img, maps[0][0], manifest.map_display_range, threshold) if want_heatmap else None
+    return Inspection(score, threshold, defective, inference_ms, img.shape[1], img.shape[0], heatmap)
 
 
 def b64(data: bytes | None) -> str | None:

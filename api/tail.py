@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 
+from lineguard.cli_options import add_until_idle
 from lineguard.config import ConfigError, Settings
 
 
@@ -30,9 +31,9 @@ def _format(verdict, partition: int, offset: int, as_json: bool) -> str:  # noqa
 
 
 def run_tail(args: argparse.Namespace, settings: Settings) -> int:
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import KafkaError, TopicPartition
 
-    from lineguard.kafka_admin import consumer_config
+    from lineguard.kafka import consumer_client
     from lineguard.schemas import SchemaError, Verdict, topics
 
     try:
@@ -41,9 +42,9 @@ def run_tail(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(str(exc)) from None
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    consumer = Consumer(consumer_config(settings.kafka, f"lineguard-tail-{uuid.uuid4().hex[:8]}",
-                                        **{"enable.auto.commit": False,
-                                           "auto.offset.reset": "earliest" if args.from_beginning else "latest"}))
+    consumer = consumer_client(settings.kafka, f"lineguard-tail-{uuid.uuid4().hex[:8]}",
+                               **{"enable.auto.commit": False,
+                                  "auto.offset.reset": "earliest" if args.from_beginning else "latest"})
     printed = bad = 0
     last = time.monotonic()
 
@@ -59,7 +60,7 @@ def run_tail(args: argparse.Namespace, settings: Settings) -> int:
                 break
             msg = consumer.poll(0.2)
             if msg is None:
-                if args.idle_exit and time.monotonic() - last > args.idle_exit:
+                if args.until_idle and time.monotonic() - last > args.until_idle:
                     break
                 continue
             if msg.error():
@@ -90,6 +91,5 @@ def register_tail(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest retained verdict")
     p.add_argument("--json", action="store_true", help="print each verdict as one JSON object per line")
     p.add_argument("--count", type=int, default=0, help="exit after this many verdicts (default: no limit)")
-    p.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
-                   help="exit once no verdict arrived for this long (default: run until Ctrl-C)")
+    add_until_idle(p, "exit once no verdict arrived for this long (default: run until Ctrl-C)")
     p.set_defaults(handler=run_tail)

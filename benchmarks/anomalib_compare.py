@@ -12,7 +12,7 @@ child's own, see ``run_measured``):
 Same backbone weights (the packaged MobileNetV2 file, sha256 recorded), layers, input size and coreset
 ratio (anomalib's default 10%, passed to lineguard whose own default is 1%); same test images. Each side
 dumps its raw image scores and anomaly maps as .npy; the metrics are computed here, for both, with
-lineguard's :mod:`engines.metrics`, so the AUROCs differ only by the models.
+lineguard's :mod:`engines.evaluation_metrics`, so the AUROCs differ only by the models.
 
 Throughput is images/s on a ready, normalised batch (the model alone: ONNX Runtime session vs the torch
 module), best and median of several timed trials after warm-up; the figures with pre-processing
@@ -156,7 +156,7 @@ def onnx_throughput(path: Path, tensors: dict[int, np.ndarray], trials: int, sec
 def side_metrics(scores: np.ndarray, maps: np.ndarray, data: Path, size: tuple[int, int]) -> dict[str, Any]:
     """Image AUROC, pixel AUROC and PRO of raw scores/maps in ``test_samples(data)`` order."""
     from lineguard.engines.data import load_mask, test_samples
-    from lineguard.engines.metrics import auroc, pro_auc
+    from lineguard.engines.evaluation_metrics import auroc, pro_auc
 
     samples = test_samples(data)
     if len(scores) != len(samples) or maps.shape != (len(samples), *size):

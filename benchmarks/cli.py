@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lineguard.cli_options import add_output_file
 from lineguard.config import Settings
 
 
@@ -30,7 +31,7 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if started_here:
             stack.down()
-    write_outputs(result, args.json)
+    write_outputs(result, args.out)
     print(markdown(result))
     print(json.dumps({k: result[k] for k in ("pipeline_fps", "engine_fps", "kafka_fps", "p50_capture_to_verdict_ms",
                                              "p99_capture_to_verdict_ms", "p99_capture_to_row_ms", "max_wait_ms",
@@ -48,7 +49,7 @@ def _anomalib(args: argparse.Namespace, settings: Settings) -> int:
                         venv=Path(args.venv) if args.venv else None,
                         work_dir=Path(args.work_dir) if args.work_dir else None)
     result = run(cfg)
-    write_outputs(result, args.json)
+    write_outputs(result, args.out)
     print(markdown(result))
     print(json.dumps({k: result[k] for k in ("throughput_ratio_b16", "throughput_ratio_b1", "image_auroc_delta",
                                              "pixel_auroc_delta", "acceptance")}))
@@ -61,7 +62,7 @@ def _fit(args: argparse.Namespace, settings: Settings) -> int:
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else ()
     result = run(FitScalingConfig(data=Path(args.data), sizes=sizes, model=args.model, options=args.option or [],
                                   max_rss_mb=args.max_rss_mb))
-    write_outputs(result, args.json)
+    write_outputs(result, args.out)
     print(markdown(result))
     return 0
 
@@ -72,9 +73,12 @@ def _engine(args: argparse.Namespace, settings: Settings) -> int:
     batches = tuple(int(b) for b in args.batches.split(","))
     result = run(args.model, batches=batches, threads=args.threads, budget_s=args.seconds, data=args.data,
                  int8=args.int8)
-    write_outputs(result, args.json)
+    write_outputs(result, args.out)
     print(markdown(result))
     return 0
+
+
+OUT_HELP = "write the result JSON here (and a .md table beside it)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--poison-share", type=float, default=0.0,
                    help="then the throughput phase again with this share of hostile messages (e.g. 0.2)")
-    p.add_argument("--json", help="write the result here (and a .md table beside it)")
+    add_output_file(p, OUT_HELP)
     p.set_defaults(handler=_pipeline)
 
     e = kinds.add_parser("engine", help="engines against their ceiling at batch 1/8/16/32, FLOPs vs matmul rate")
@@ -107,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seconds", type=float, default=3.0, help="timing budget per batch size")
     e.add_argument("--int8", action="store_true",
                    help="also time each folder's model.int8.onnx (lineguard export --int8) beside its FP32 graph")
-    e.add_argument("--json", help="write the result here (and a .md table beside it)")
+    add_output_file(e, OUT_HELP)
     e.set_defaults(handler=_engine)
 
     f = kinds.add_parser("fit", help="PatchCore fit time and peak RSS against the number of training images")
@@ -116,12 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--model", default="patchcore", choices=["patchcore", "efficientad", "baseline"])
     f.add_argument("--option", action="append", help="engine option KEY=VALUE passed to train (repeatable)")
     f.add_argument("--max-rss-mb", type=float, default=8000.0, help="kill any fit whose RSS exceeds this")
-    f.add_argument("--json", help="write the result here (and a .md table beside it)")
+    add_output_file(f, OUT_HELP)
     f.set_defaults(handler=_fit)
 
     a = kinds.add_parser("anomalib", help="lineguard's PatchCore vs anomalib 2.7's: same backbone and data, one run")
     a.add_argument("--data", required=True, help="MVTec-layout folder (train/good, test/, ground_truth/)")
-    a.add_argument("--json", help="write the result here (and a .md table beside it)")
+    add_output_file(a, OUT_HELP)
     a.add_argument("--size", type=int, default=256, help="input size in pixels (both sides)")
     a.add_argument("--layers", default="features.6,features.13", help="MobileNetV2 layers (both sides)")
     a.add_argument("--coreset-ratio", type=float, default=0.1, help="both sides (anomalib's default: 0.1)")

@@ -1,7 +1,7 @@
 """Engine throughput: images/s of a model folder through :class:`ScoringEngine` (the production path).
 
     python -m lineguard.benchmarks.engine_speed --model /tmp/models/hazelnut \\
-        --data /work/shared/data/hazelnut_toy --batch 16 --json out.json [--onnx-file model.int8.onnx]
+        --data /work/shared/data/hazelnut_toy --batch 16 --out out.json [--onnx-file model.int8.onnx]
 
 Two figures per batch size: ``graph`` (the ONNX graph alone on a ready float
 tensor) and ``engine`` (uint8 images at the model's input size -> preprocess
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lineguard.cli_options import add_output_file
 from lineguard.engines.data import list_images, load_rgb
 from lineguard.engines.manifest import ONNX_FILE
 from lineguard.engines.runtime import ScoringEngine, preprocess
@@ -107,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     parser.add_argument("--spin", action="store_true", help="let idle ORT workers spin (a dedicated scoring box)")
     parser.add_argument("--trials", type=int, default=7)
-    parser.add_argument("--json", help="write the result here")
+    add_output_file(parser, "write the result JSON here")
     args = parser.parse_args(argv)
     result = run(args.model, args.data, batches=tuple(args.batch or (1, 16)), onnx_file=args.onnx_file,
                  threads=args.threads, spin=args.spin, trials=args.trials)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
     print(markdown(result))
     return 0
 

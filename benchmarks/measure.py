@@ -25,15 +25,6 @@ class Measured:
     peak_rss_mb: float
 
 
-def status_kib(pid: int | str, field: str) -> int:
-    """A memory field of ``/proc/<pid>/status`` in KiB (``VmRSS`` now, ``VmHWM`` the peak); ``pid`` may be
-    ``"self"``. Raises OSError once the process is gone, KeyError if the field is missing."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(f"no {field} in /proc/{pid}/status")
-
-
 def _rss_mb(pid: int) -> float:
     """Current resident set size of ``pid`` (0 once it is gone)."""
     try:

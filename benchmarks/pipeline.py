@@ -5,11 +5,11 @@ Phases, all on the same pre-encoded frames:
 1. **kafka**: raw Kafka — the frames produced and consumed with no scoring.
 2. **engine**: the engine alone — JPEG decode + ONNX Runtime scoring in
    batches of ``max_batch`` in this process, no Kafka; measured before and
-   after the pipeline phases, and averaged.
+   after the pipeline phases, and averaged. (These two: ``pipeline_ceilings.py``.)
 3. **pipeline (throughput)**: a backlog of L lines x F frames is produced
    first (cameras are other machines in a plant, so their CPU is not charged
    to the pipeline), then the processor worker(s) and the ClickHouse sink
-   start; the sustained rate is taken from verdict arrival times after the
+   start (as processes, through ``lineguard.harness``); the sustained rate is taken from verdict arrival times after the
    first 10% (start-up and model loading excluded), with the CPU seconds of
    every component (processors, sink, broker) over the same window.
 4. **pipeline (latency)**: frames produced live at a rate the pipeline
@@ -43,17 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, Producer
-
-from lineguard.components import Component, component_env
 from lineguard.config import Settings
-from lineguard.engines.runtime import ScoringEngine
-from lineguard.kafka_admin import consumer_config, count_messages, ensure_topics, producer_config
-from lineguard.schemas import Frame, ImageLimits, Verdict, new_frame_id, topics
-from lineguard.schemas import image as imagecodec
+from lineguard.harness import LocalPipeline, cpu_seconds, peak_rss_mib
+from lineguard.kafka import count_messages, ensure_topics, producer_client
+from lineguard.schemas import Verdict, topics
 
 from .hostile import poison_frames
-from .measure import status_kib
+from .pipeline_ceilings import consume, frame_bytes, measure_engine, measure_kafka, percentile, render_frames
 from .report import write_report
 
 
@@ -78,162 +74,20 @@ class PipelineBenchConfig:
     poison_share: float = 0.0  # of the frame messages in the poison phase (0: no poison phase)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
-
-
-def _render_frames(size: int, n: int, data: Path | None = None, defect_share: float = 0.1,
-                   seed: int = 7) -> list[bytes]:
-    """n JPEGs at ``size`` px (the same bytes for every phase), ``defect_share`` of them defective.
-
-    From ``data`` (an MVTec root): its defective test images mixed with its normal ones (test/good, then
-    train/good); without it, the synthetic camera's frames. The share matters because every defective
-    verdict also costs a heatmap (an overlay encoded as PNG), which the engine-alone reference does not
-    render; a line runs at a few percent defects, an MVTec test set at most.
-    """
-    if data is None:
-        from lineguard.producers.synthetic import SyntheticCamera
-
-        camera = SyntheticCamera(size=size, seed=seed, defect_rate=defect_share)
-        return [imagecodec.encode(camera.render(i).image, "jpeg")[0] for i in range(n)]
-    from lineguard.engines.data import list_images, load_rgb
-
-    root = Path(data)
-    defective = [p for p in list_images(root / "test") if p.parent.name != "good"] if (root / "test").is_dir() else []
-    normal = [p for folder in (root / "test" / "good", root / "train" / "good") if folder.is_dir()
-              for p in list_images(folder)]
-    if not normal and not defective:
-        raise ValueError(f"no images under {data} (expected the MVTec layout: train/good, test/<defect>)")
-    rng = np.random.default_rng(seed)
-    paths = []
-    for _ in range(n):
-        pool = defective if (rng.random() < defect_share and defective) or not normal else normal
-        paths.append(pool[int(rng.integers(len(pool)))])
-    return [imagecodec.encode(load_rgb(path, (size, size)), "jpeg")[0] for path in paths]
-
-
-def _cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (0 if it is gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def _peak_rss_mib(pid: int | None) -> float:
-    """Peak resident memory of a running process (VmHWM), MiB; 0 if it is gone."""
-    if pid is None:
-        return 0.0
-    try:
-        return status_kib(pid, "VmHWM") / 1024
-    except OSError:
-        return 0.0
-
-
-def _frame_bytes(jpeg: bytes, line: str, product: str, seq: int, camera: str) -> bytes:
-    return Frame(frame_id=new_frame_id(), line_id=line, camera_id=camera, product=product,
-                 captured_at_ns=time.time_ns(), seq=seq, encoding="jpeg", image=jpeg).encode()
-
-
-def _consume(settings: Settings, topic_names: list[str], expect: int, timeout_s: float,
-             on_message) -> int:  # noqa: ANN001
-    consumer = Consumer(consumer_config(settings.kafka, f"bench-{uuid.uuid4().hex[:8]}",
-                                        **{"enable.auto.commit": False}))
-    consumer.subscribe(topic_names)
-    seen = 0
-    deadline = time.monotonic() + timeout_s
-    try:
-        while seen < expect and time.monotonic() < deadline:
-            # poll, not consume(n, timeout): consume waits for n messages or the whole timeout, which
-            # added up to 500 ms (250 on average) to every latency this benchmark measured.
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            on_message(msg)
-            seen += 1
-    finally:
-        consumer.close()
-    return seen
-
-
-def measure_kafka(settings: Settings, jpegs: list[bytes], lines: list[str], product: str) -> dict[str, Any]:
-    """Produce every frame and consume it back, no scoring: the transport's ceiling."""
-    n = len(jpegs) * len(lines)
-    ensure_topics(settings.kafka, lines)
-    done = threading.Event()
-    counts = {"seen": 0}
-
-    def reader() -> None:
-        counts["seen"] = _consume(settings, [topics.frames(l) for l in lines], n, 300, lambda m: None)
-        done.set()
-
-    producer = Producer(producer_config(settings.kafka, **{"linger.ms": 5, "compression.type": settings.producer.compression}))
-    thread = threading.Thread(target=reader, daemon=True)
-    start = time.perf_counter()
-    thread.start()
-    for i, jpeg in enumerate(jpegs):
-        for line in lines:
-            while True:
-                try:
-                    producer.produce(topics.frames(line), key=b"cam0", value=_frame_bytes(jpeg, line, product, i, "cam0"))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.poll(0)
-    producer.flush(60)
-    thread.join(330)
-    elapsed = time.perf_counter() - start
-    return {"kafka_fps": counts["seen"] / elapsed, "kafka_frames": counts["seen"], "kafka_s": elapsed}
-
-
-def measure_engine(model_folder: Path, jpegs: list[bytes], batch: int, threads: int = 0) -> dict[str, Any]:
-    """JPEG decode + scoring in batches, as the processor does it, without Kafka."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    engine = ScoringEngine(model_folder, threads=threads)
-    limits = ImageLimits()
-    pool = ThreadPoolExecutor(2)
-
-    def decode(data: bytes) -> np.ndarray:
-        return imagecodec.decode("jpeg", data, limits)
-
-    def run_batch(chunk: list[bytes]) -> None:
-        engine.score(list(pool.map(decode, chunk)))
-
-    run_batch(jpegs[:batch])  # warm-up
-    batch_ms: list[float] = []
-    start, cpu0 = time.perf_counter(), time.process_time()
-    for i in range(0, len(jpegs) - batch + 1, batch):
-        t0 = time.perf_counter()
-        run_batch(jpegs[i:i + batch])
-        batch_ms.append((time.perf_counter() - t0) * 1000)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    pool.shutdown()
-    frames = len(batch_ms) * batch
-    return {"engine_fps": frames / elapsed, "engine_cpu_ms_per_frame": 1000 * cpu / frames,
-            "batch_scoring_ms": float(np.median(batch_ms)),
-            "batch_scoring_p99_ms": _percentile(batch_ms, 99), "engine_providers": engine.providers}
-
-
 def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Path,
                      jpegs: list[bytes], work: Path) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     lines = [f"bench{tag}-{i + 1}" for i in range(cfg.lines)]
     ensure_topics(settings.kafka, lines)
-    env = component_env(
-        settings.kafka.bootstrap_servers, work / "state",
-        LINEGUARD_PROCESSOR__CONSUMER_GROUP=f"bench-{tag}",
+    pipeline = LocalPipeline(
+        settings.kafka, work / "state", lines, group=f"bench-{tag}", log_dir=work, model_dir=model_dir,
         LINEGUARD_PROCESSOR__BATCHING__MAX_BATCH=str(cfg.max_batch),
         LINEGUARD_PROCESSOR__BATCHING__MAX_WAIT_MS=str(cfg.max_wait_ms),
         # The cores shared among the workers, as on one host; each worker on its own host would take all.
         LINEGUARD_PROCESSOR__INFERENCE_THREADS=str(max(1, (os.cpu_count() or 1) // cfg.workers)),
         LINEGUARD_LOG_LEVEL="WARNING",
     )
-    producer = Producer(producer_config(settings.kafka, **{"linger.ms": 5}))
+    producer = producer_client(settings.kafka, **{"linger.ms": 5})
 
     def send(line: str, key: str, value: bytes) -> None:
         while True:
@@ -245,7 +99,7 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
 
     def produce(line: str, jpeg: bytes, seq: int) -> None:
         camera = f"{line}-cam{seq % CAMERAS_PER_LINE}"  # the camera is the key: cameras spread over partitions
-        send(line, camera, _frame_bytes(jpeg, line, cfg.product, seq, camera))
+        send(line, camera, frame_bytes(jpeg, line, cfg.product, seq, camera))
 
     # Phase 3: a backlog, then the processors and the sink. With a poison share, hostile messages are
     # spread evenly among the frames of every line (phase 6); only the good frames give verdicts.
@@ -276,8 +130,8 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
     cpu_marks: list[dict[str, float]] = []
 
     def cpu_now() -> dict[str, float]:
-        return {"processors": sum(_cpu_s(p.pid) for p in processors), "sink": _cpu_s(sink.pid),
-                "kafka_broker": _cpu_s(broker_pid), "bench_consumer": time.process_time()}
+        return {"processors": sum(cpu_seconds(p.pid) for p in processors), "sink": cpu_seconds(sink.pid),
+                "kafka_broker": cpu_seconds(broker_pid), "bench_consumer": time.process_time()}
 
     def record(msg) -> None:  # noqa: ANN001
         Verdict.decode(msg.value())  # every verdict must decode: it counts only then
@@ -285,17 +139,13 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         if len(arrivals) in (skip + 1, n):
             cpu_marks.append(cpu_now())
 
-    processors = [
-        Component(["process", "--lines", ",".join(lines), "--model-dir", str(model_dir)],
-                   {**env, "LINEGUARD_PROCESSOR__PROCESSOR_ID": f"bench-{tag}-{w}"}, work / f"processor-{w}.log")
-        for w in range(cfg.workers)
-    ]
-    sink = Component(["sink", "clickhouse", "--lines", ",".join(lines)], env, work / "sink.log")
+    processors = [pipeline.processor(LINEGUARD_PROCESSOR__PROCESSOR_ID=f"bench-{tag}-{w}") for w in range(cfg.workers)]
+    sink = pipeline.sink("clickhouse")
     try:
-        seen = _consume(settings, verdict_topics, n, 900, record)
+        seen = consume(settings, verdict_topics, n, 900, record)
         if seen < n:
             raise RuntimeError(f"only {seen} of {n} verdicts arrived; see {work}")
-        processor_peak_rss = max(_peak_rss_mib(p.pid) for p in processors)
+        processor_peak_rss = max(peak_rss_mib(p.pid) for p in processors)
         poison_total = sum(poison_sent.values())
         deadline = time.monotonic() + 60
         while (dead_letters := count_messages(settings.kafka, topics.DEADLETTER) - deadletters_before) < poison_total \
@@ -316,7 +166,7 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
             live.append((time.time_ns(), verdict, msg.timestamp()[1]))
 
         reader = threading.Thread(
-            target=lambda: _consume(settings, verdict_topics, n + expected, cfg.latency_seconds + 120, record_live),
+            target=lambda: consume(settings, verdict_topics, n + expected, cfg.latency_seconds + 120, record_live),
             daemon=True)
         reader.start()
         time.sleep(2.0)  # the reader joins and catches up to the backlog's verdicts first
@@ -344,11 +194,9 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         }
         time.sleep(3.0)  # the sink's flush interval
     finally:
-        for proc in processors:
-            proc.stop()
-        sink.stop()
+        pipeline.stop_all()
 
-    from lineguard.sinks.clickhouse import ChdbStore
+    from lineguard.stores import ChdbStore
 
     store = ChdbStore(work / "state" / "chdb")
     try:
@@ -364,11 +212,11 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         "pipeline_frames": n,
         "latency_rate_fps": rate,
         "latency_frames": len(live_lat),
-        "p50_capture_to_verdict_ms": _percentile(live_lat, 50),
-        "p99_capture_to_verdict_ms": _percentile(live_lat, 99),
-        "p50_latency_stages_ms": {k: round(_percentile(v, 50), 1) for k, v in stages.items()},
-        "p50_capture_to_row_ms": _percentile(row_lat, 50),
-        "p99_capture_to_row_ms": _percentile(row_lat, 99),
+        "p50_capture_to_verdict_ms": percentile(live_lat, 50),
+        "p99_capture_to_verdict_ms": percentile(live_lat, 99),
+        "p50_latency_stages_ms": {k: round(percentile(v, 50), 1) for k, v in stages.items()},
+        "p50_capture_to_row_ms": percentile(row_lat, 50),
+        "p99_capture_to_row_ms": percentile(row_lat, 99),
         "rows_in_clickhouse": int(total_rows),
         "workers": cfg.workers,
         "pipeline_cpu_ms_per_frame": cpu_ms_per_frame,
@@ -416,7 +264,7 @@ def run(settings: Settings, cfg: PipelineBenchConfig) -> dict[str, Any]:
         SyntheticCamera(product=cfg.product, size=cfg.size, seed=1).write_mvtec(data, 60, 2, 2)
         model_dir = work / "models"
         train("baseline", data, model_dir / cfg.product, name=cfg.product, version="bench")
-    jpegs = _render_frames(cfg.size, cfg.frames, cfg.data, cfg.defect_share)
+    jpegs = render_frames(cfg.size, cfg.frames, cfg.data, cfg.defect_share)
     tag = uuid.uuid4().hex[:6]
     result: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
                               "cpu_count": os.cpu_count(), "max_wait_ms": cfg.max_wait_ms,

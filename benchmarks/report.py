@@ -1,4 +1,4 @@
-"""What every benchmark writes beside ``--json FILE``: the JSON, a Markdown table and, where a curve says
+"""What every benchmark writes beside ``--out FILE``: the JSON, a Markdown table and, where a curve says
 more, a PNG plot; and the one matplotlib set-up those plots share."""
 
 from __future__ import annotations

@@ -100,11 +100,3 @@ def _add_stack_commands(sub: Any) -> None:
 def register(subparsers: Any) -> None:
     stack = subparsers.add_parser("stack", help="run the local Kafka + S3 stack (no Docker)")
     _add_stack_commands(stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION"))
-
-
-def build_standalone_parser() -> argparse.ArgumentParser:
-    """The same actions for ``python -m lineguard.deploy.stack ACTION`` (used by make/fetch.sh)."""
-    parser = argparse.ArgumentParser(prog="python -m lineguard.deploy.stack")
-    parser.add_argument("--config", help="YAML configuration file (or LINEGUARD_CONFIG)")
-    _add_stack_commands(parser.add_subparsers(dest="stack_command", required=True, metavar="ACTION"))
-    return parser

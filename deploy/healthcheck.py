@@ -27,9 +27,9 @@ def check_http(url: str) -> None:
 
 
 def check_kafka(settings: Settings) -> None:
-    from confluent_kafka.admin import AdminClient
+    from lineguard.kafka import admin_client
 
-    admin = AdminClient({**settings.kafka.confluent(), "log_level": 0})
+    admin = admin_client(settings.kafka, log_level=0)
     if not admin.list_topics(timeout=TIMEOUT_S).brokers:
         raise RuntimeError(f"no broker in the metadata of {settings.kafka.bootstrap_servers}")
 

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .manifest import ONNX_FILE, InputSpec, Manifest, Thresholds
-from .runtime import ScoringEngine
+from .runtime import ScoringEngine, preprocess
 from .thresholds import f1_optimal, normal_quantile
 
 
@@ -55,6 +55,14 @@ class AnomalyModel(ABC):
 
     def __init__(self, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
         self.input = InputSpec(height=input_size[0], width=input_size[1], mean=list(mean), std=list(std))
+
+    def input_manifest(self) -> Manifest:
+        """A manifest holding only this model's input spec: all :func:`preprocess` reads."""
+        return Manifest(kind=self.kind, name="", version="", input=self.input, thresholds=Thresholds(0.0, ""))
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 images -> the float32 ``N x 3 x h x w`` tensor the exported graph takes, as production makes it."""
+        return preprocess(list(images), self.input_manifest())
 
     @abstractmethod
     def fit(self, images: Sequence[np.ndarray]) -> "AnomalyModel": ...

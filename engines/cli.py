@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lineguard.cli_options import add_output_file
+
 
 def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     from .training import train
@@ -58,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate a model folder on an MVTec-layout test set")
     e.add_argument("--model", required=True, help="model folder")
     e.add_argument("--data", required=True, help="MVTec root (uses test/ and ground_truth/)")
-    e.add_argument("--json", help="write the metrics JSON here")
+    add_output_file(e, "write the metrics JSON here")
     e.add_argument("--markdown", help="write a Markdown table here")
     e.add_argument("--sheet", help="write a PNG sheet of heatmap overlays here")
     e.add_argument("--batch", type=int, default=16)

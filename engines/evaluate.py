@@ -25,7 +25,7 @@ import numpy as np
 
 from .data import TestSample, load_mask, load_rgb, test_samples
 from .manifest import ONNX_FILE
-from .metrics import auroc, f1_max, pro_auc
+from .evaluation_metrics import auroc, f1_max, pro_auc
 from .runtime import ScoringEngine
 
 log = logging.getLogger(__name__)
@@ -187,9 +187,9 @@ def run_eval_cli(args: argparse.Namespace, settings: Any) -> int:
         threads=getattr(args, "threads", 0) or 0,
     )
     table = markdown_table(report)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(table)

@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 # Imported lazily: PatchCore and EfficientAD need torch (the `train` extra), the baseline does not.
 MODEL_FACTORIES: dict[str, str] = {
     "baseline": "lineguard.engines.baseline.model:BaselineModel",
-    "patchcore": "lineguard.engines.patchcore.train:build_model",
-    "efficientad": "lineguard.engines.efficientad.train:build_model",
+    "patchcore": "lineguard.engines.patchcore.model:build_model",
+    "efficientad": "lineguard.engines.efficientad.model:build_model",
 }
 
 
@@ -63,9 +63,7 @@ class GraphScorer:
     def __init__(self, onnx_path: str | Path, model: AnomalyModel) -> None:
         import onnxruntime as ort
 
-        from .manifest import Manifest, Thresholds
-
-        self.spec = Manifest(kind=model.kind, name="", version="", input=model.input, thresholds=Thresholds(0.0, ""))
+        self.spec = model.input_manifest()
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
     def score(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

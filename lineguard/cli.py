@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib import metadata
 
+from .cli_options import add_global_options
 from .config import ConfigError, load_settings
 from .logs import setup_logging
 
@@ -29,11 +31,27 @@ _COMMAND_MODULES = (
 )
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """Every subcommand (nested ones too: ``add_subparsers`` inherits the class) takes the global options,
+    so ``lineguard demo --log-level DEBUG`` works as ``lineguard --log-level DEBUG demo`` does."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - ArgumentParser's
+        super().__init__(*args, **kwargs)
+        add_global_options(self, default=argparse.SUPPRESS)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lineguard")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lineguard", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML configuration file (or LINEGUARD_CONFIG)")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"lineguard {_version()}")
+    add_global_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_SubcommandParser)
     for name in _COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -42,6 +43,8 @@ def _read_secret(value: SecretStr | None, path: Path | None) -> str | None:
 
 
 class KafkaConfig(_Section):
+    """Where the brokers are and how to reach them; lineguard.kafka.clients makes client settings of it."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -57,37 +60,8 @@ class KafkaConfig(_Section):
     replication_factor: int = Field(default=1, ge=1)
     verdict_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
 
-    def confluent(self) -> dict[str, Any]:
-        """librdkafka settings shared by every confluent-kafka client."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-            conf["sasl.username"] = self.sasl_username or ""
-            conf["sasl.password"] = _read_secret(self.sasl_password, self.sasl_password_file) or ""
-        if self.ssl_cafile:
-            conf["ssl.ca.location"] = str(self.ssl_cafile)
-        if self.ssl_certfile:
-            conf["ssl.certificate.location"] = str(self.ssl_certfile)
-        if self.ssl_keyfile:
-            conf["ssl.key.location"] = str(self.ssl_keyfile)
-        return conf
-
     def password(self) -> str | None:
         return _read_secret(self.sasl_password, self.sasl_password_file)
-
-    def ssl_context(self) -> Any:
-        """An ``ssl.SSLContext`` for the asyncio clients (faust/aiokafka), or None without TLS."""
-        if self.security_protocol not in ("SSL", "SASL_SSL"):
-            return None
-        import ssl
-
-        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
-        if self.ssl_certfile:
-            context.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None)
-        return context
 
 
 class LimitsConfig(_Section):
@@ -122,7 +96,7 @@ class ProcessorConfig(_Section):
     lines: list[str] = Field(default_factory=lambda: ["line1", "line2"])
     batching: BatchingConfig = BatchingConfig()
     # Per-product batching overrides: {"hazelnut": {"max_batch": 8, "max_wait_ms": 20}}
-    batching_per_model: dict[str, BatchingConfig] = Field(default_factory=dict)
+    batching_per_product: dict[str, BatchingConfig] = Field(default_factory=dict)
     # Per-line threshold overrides: {"line1": {"hazelnut": 0.42}}; "*" matches any product.
     threshold_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
     heatmaps: Literal["defective", "all", "none"] = "defective"
@@ -136,8 +110,22 @@ class ProcessorConfig(_Section):
     session_timeout_s: float = Field(default=10.0, ge=3.0, le=300.0)
     lag_report_s: float = Field(default=5.0, gt=0)  # how often consumer lag is measured
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_batching_per_model(cls, data: Any) -> Any:
+        """``batching_per_model`` was keyed by product all along: still read, with a warning."""
+        if isinstance(data, dict) and "batching_per_model" in data:
+            warnings.warn("processor.batching_per_model is deprecated: it is keyed by product, "
+                          "call it processor.batching_per_product", FutureWarning, stacklevel=2)
+            data = dict(data)
+            old = data.pop("batching_per_model")
+            if "batching_per_product" in data:
+                raise ValueError("set processor.batching_per_product only, not also its old name batching_per_model")
+            data["batching_per_product"] = json.loads(old) if isinstance(old, str) else old
+        return data
+
     def batching_for(self, product: str) -> BatchingConfig:
-        return self.batching_per_model.get(product, self.batching)
+        return self.batching_per_product.get(product, self.batching)
 
 
 class ClickHouseConfig(_Section):

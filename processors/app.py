@@ -25,38 +25,20 @@ from typing import Any
 
 import faust
 
+from lineguard.backoff import Backoff
 from lineguard.config import Settings
+from lineguard.inspection import ModelRegistry
+from lineguard.kafka import LagTracker, faust_broker_settings
 from lineguard.schemas import DeadLetter, Frame, ImageLimits, Reason, SchemaError, topics
 
 from . import metrics as prom
 from .batching import BatchLimits, MicroBatcher
-from .models import ModelRegistry
 from .scoring import BatchScorer, Outcome, Work
 
 log = logging.getLogger("lineguard.processor")
 COMPONENT = "processor"
 MAX_DEAD_LETTERS_IN_FLIGHT = 256  # bad messages whose dead letter is being sent
-
-
-def faust_broker_settings(settings: Settings) -> dict[str, Any]:
-    """faust/aiokafka settings with image-sized limits and the configured security."""
-    kafka = settings.kafka
-    conf: dict[str, Any] = {
-        "broker": [f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(",")],
-        "producer_max_request_size": kafka.message_max_bytes,
-        "consumer_max_fetch_size": kafka.message_max_bytes,
-        "producer_acks": -1,
-    }
-    if kafka.security_protocol != "PLAINTEXT":
-        ssl_context = kafka.ssl_context()  # CA file and client certificate, when TLS is on
-        if kafka.sasl_mechanism:
-            conf["broker_credentials"] = faust.SASLCredentials(
-                username=kafka.sasl_username, password=kafka.password(),
-                mechanism=kafka.sasl_mechanism, ssl_context=ssl_context,
-            )
-        elif ssl_context is not None:
-            conf["broker_credentials"] = ssl_context
-    return conf
+PUBLISH_BACKOFF = Backoff(initial_s=0.2, max_s=10.0)  # between attempts to publish one output
 
 
 class FrameProcessor:
@@ -66,12 +48,12 @@ class FrameProcessor:
         self.app = app
         self.settings = settings
         pconf = settings.processor
-        self.registry = ModelRegistry(pconf.model_dir, threads=pconf.inference_threads, poll_s=pconf.model_poll_s,
-                                      precision=pconf.precision)
+        self.registry = ModelRegistry.from_config(pconf)
         self.scorer = BatchScorer(pconf, ImageLimits.from_config(settings.limits), self.registry)
-        # One scoring thread: ONNX Runtime already uses every core inside one run.
+        # Two scoring threads, one per batch the batcher prepares at once: one batch decodes or renders
+        # while the other is in ONNX Runtime (which already uses every core inside one run).
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
-        max_pending = max(64, 4 * max(b.max_batch for b in [pconf.batching, *pconf.batching_per_model.values()]))
+        max_pending = max(64, 4 * max(b.max_batch for b in [pconf.batching, *pconf.batching_per_product.values()]))
         self.batcher: MicroBatcher[Work] = MicroBatcher(self._limits_for, self._score, self._publish_outcomes,
                                                         max_pending=max_pending)
         self.counts: Counter[str] = Counter()
@@ -83,7 +65,7 @@ class FrameProcessor:
         self._dead_letter_slots = asyncio.Semaphore(MAX_DEAD_LETTERS_IN_FLIGHT)
         self._dead_letter_tasks: set[asyncio.Task] = set()
         self._last_report = time.monotonic()
-        self.lag = prom.LagReporter(settings.kafka, pconf.consumer_group)
+        self.lag = LagTracker(settings.kafka, pconf.consumer_group, gauge=prom.CONSUMER_LAG)
         prom.PENDING.set_function(lambda: self.counts["frames_in"] - self.counts["acked"])
 
     def _limits_for(self, key: str) -> BatchLimits:
@@ -153,18 +135,19 @@ class FrameProcessor:
 
     async def _publish(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Send and wait for the broker's acknowledgement; retry (with backoff) until it comes."""
-        delay = 0.2
+        attempt = 0
         while True:
             try:
                 future = await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
                 await future
                 return
             except Exception as exc:  # broker down, leader moving, request timed out...
+                delay = PUBLISH_BACKOFF.delay(attempt)
+                attempt += 1
                 self.counts["publish_retries"] += 1
                 prom.PUBLISH_RETRIES.inc()
                 log.warning("publishing to %s failed (%s: %s); retrying in %.1fs", topic, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def _dead_letter_then_ack(self, event: Any, error: SchemaError) -> None:
         try:
@@ -193,7 +176,7 @@ class FrameProcessor:
         if now - self._last_report >= every_s:
             self._last_report = now
             log.info("processed %s; consumer lag %d", dict(sorted(self.counts.items())),
-                     sum(self.lag.last.values()))
+                     self.lag.total)
 
     async def measure_lag(self) -> None:
         """Lag of the partitions this worker holds, from the broker (in a thread: the probe blocks)."""
@@ -217,7 +200,7 @@ def build_app(settings: Settings) -> tuple[faust.App, FrameProcessor]:
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         pconf.consumer_group,
-        **faust_broker_settings(settings),
+        **faust_broker_settings(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",

@@ -10,7 +10,7 @@ from lineguard.config import Settings
 def _process(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
-    from lineguard.kafka_admin import ensure_topics
+    from lineguard.kafka import ensure_topics
 
     from .app import build_app
 

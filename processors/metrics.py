@@ -1,16 +1,10 @@
 """The processor's Prometheus metrics (served by ``lineguard process`` when
-``processor.metrics_port`` is set; see lineguard/metrics.py), and its lag reporter."""
+``processor.metrics_port`` is set; see lineguard/metrics.py). CONSUMER_LAG is set by
+lineguard.kafka.LagTracker."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
-
 from prometheus_client import Counter, Gauge, Histogram
-
-from lineguard.config import KafkaConfig
-
-log = logging.getLogger("lineguard.processor")
 
 FRAMES_IN = Counter("lineguard_processor_frames_in", "Frame messages taken from the frame topics", ["line"])
 VERDICTS_OUT = Counter("lineguard_processor_verdicts_out", "Verdicts acknowledged by the broker", ["line"])
@@ -31,34 +25,3 @@ PENDING = Gauge("lineguard_processor_pending_frames",
 CONSUMER_LAG = Gauge("lineguard_processor_consumer_lag",
                      "Frames after the group's committed offset, per partition this worker holds",
                      ["topic", "partition"])
-
-
-class LagReporter:
-    """Measures the consumer group's lag on the partitions this worker holds (blocking: run in a thread)."""
-
-    def __init__(self, kafka: KafkaConfig, group: str) -> None:
-        self.kafka = kafka
-        self.group = group
-        self._probe = None
-        self._labels: set[tuple[str, str]] = set()
-        self.last: dict[tuple[str, int], int] = {}
-
-    def measure(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        from lineguard.kafka_admin import LagProbe
-
-        if self._probe is None:
-            self._probe = LagProbe(self.kafka, self.group)
-        lag = self._probe.lag(sorted(partitions))
-        labels = {(topic, str(partition)) for topic, partition in lag}
-        for (topic, partition), value in lag.items():
-            CONSUMER_LAG.labels(topic, str(partition)).set(value)
-        for topic, partition in self._labels - labels:  # partitions that moved to another worker
-            CONSUMER_LAG.remove(topic, partition)
-        self._labels = labels
-        self.last = lag
-        return lag
-
-    def close(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None

@@ -1,9 +1,10 @@
-"""Turning a batch of frames into verdicts, heatmaps and dead letters: the processor's pure core.
+"""Turning a batch of frames into verdicts, heatmaps and dead letters: the processor's Frame -> Verdict assembly.
 
 No Kafka here: the faust app (``app.py``) hands a batch of decoded
 :class:`Frame` messages in and publishes what comes out. Everything in this
 module is synchronous and runs in worker threads, so the event loop stays
-free to heartbeat; numpy, OpenCV, PIL and ONNX Runtime release the GIL.
+free to heartbeat; numpy, OpenCV, PIL and ONNX Runtime release the GIL. Model
+lookup, thresholds and overlays are ``lineguard.inspection``'s, shared with the API.
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from lineguard.config import ProcessorConfig
+from lineguard.inspection import ModelRegistry, NonFiniteScore, is_defective, render_overlay, threshold_for
 from lineguard.schemas import Frame, Heatmap, ImageLimits, Reason, SchemaError, Verdict, image, topics
 
-from .heatmap import render_overlay
-from .models import ModelRegistry
-
 log = logging.getLogger(__name__)
-HEATMAP_MAX_SIDE = 512  # overlays are for people: no need to ship 4K PNGs
 
 
 @dataclass
@@ -52,11 +49,6 @@ class BatchStats:
     sizes: list[int] = field(default_factory=list)
 
 
-def threshold_for(config: ProcessorConfig, line_id: str, product: str, manifest_value: float) -> float:
-    per_line = config.threshold_overrides.get(line_id, {})
-    return float(per_line.get(product, per_line.get("*", manifest_value)))
-
-
 class BatchScorer:
     def __init__(self, config: ProcessorConfig, limits: ImageLimits, registry: ModelRegistry,
                  decode_threads: int = 2) -> None:
@@ -82,12 +74,13 @@ class BatchScorer:
         started = time.perf_counter()
         started_ns = time.time_ns()
         first = batch[0].frame
-        engine = self.registry.get(first.product, first.line_id)
-        if engine is None:
+        model = self.registry.get(first.product, first.line_id)
+        if model is None:
             err = SchemaError(Reason.UNKNOWN_PRODUCT,
                               f"no model for product {first.product!r} on line {first.line_id!r} "
                               f"in {self.registry.model_dir}")
             return [Outcome(w, failure=err) for w in batch]
+        engine = model.engine
 
         decoded = list(self._pool.map(self._decode, [w.frame for w in batch]))
         outcomes: list[Outcome] = []
@@ -129,19 +122,24 @@ class BatchScorer:
                 continue
             frame = work.frame
             score = float(score)
-            if not np.isfinite(score):
-                outcomes.append(Outcome(work, failure=SchemaError(Reason.SCORING_FAILED, "engine returned a non-finite score")))
+            try:
+                defective = is_defective(score, threshold)
+            except NonFiniteScore as exc:
+                outcomes.append(Outcome(work, failure=SchemaError(Reason.SCORING_FAILED, str(exc))))
                 continue
-            defective = score > threshold
             want_heatmap = self.config.heatmaps == "all" or (self.config.heatmaps == "defective" and defective)
             heatmap = None
             if want_heatmap:
+                try:
+                    png = render_overlay(img, amap[0], manifest.map_display_range, threshold)
+                except Exception as exc:  # one frame's overlay must not take its batch down with it
+                    log.warning("heatmap of frame %s failed: %s", frame.frame_id, exc)
+                    outcomes.append(Outcome(work, failure=SchemaError(
+                        Reason.SCORING_FAILED, f"heatmap: {type(exc).__name__}: {exc}")))
+                    continue
                 key = topics.heatmap_key(frame.line_id, frame.frame_id, frame.captured_at_ns)
-                heatmap = Heatmap(
-                    frame_id=frame.frame_id, line_id=frame.line_id, key=key, content_type="image/png",
-                    data=render_overlay(_for_display(img), amap[0], manifest.map_display_range, threshold),
-                    captured_at_ns=frame.captured_at_ns,
-                )
+                heatmap = Heatmap(frame_id=frame.frame_id, line_id=frame.line_id, key=key, content_type="image/png",
+                                  data=png, captured_at_ns=frame.captured_at_ns)
             verdict = Verdict(
                 frame_id=frame.frame_id, line_id=frame.line_id, camera_id=frame.camera_id,
                 product=frame.product, seq=frame.seq, captured_at_ns=frame.captured_at_ns,
@@ -154,11 +152,3 @@ class BatchScorer:
             outcomes.append(Outcome(work, verdict=verdict, heatmap=heatmap))
         self.stats.render_ms = (time.perf_counter() - scored_at) * 1000
         return outcomes
-
-
-def _for_display(img: np.ndarray) -> np.ndarray:
-    h, w = img.shape[:2]
-    scale = HEATMAP_MAX_SIDE / max(h, w)
-    if scale >= 1.0:
-        return img
-    return cv2.resize(img, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_AREA)

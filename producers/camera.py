@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from lineguard.config import Settings
-from lineguard.kafka_admin import producer_config
+from lineguard.kafka import producer_client
 from lineguard.schemas import Frame, new_frame_id, topics
 from lineguard.schemas.image import encode
 from lineguard.schemas.messages import MAX_META_ITEMS
@@ -117,7 +117,7 @@ class CameraProducer:
             "logger": logging.getLogger(f"{__name__}.librdkafka"),
         }
         extra.update(config_overrides or {})
-        self._producer = Producer(producer_config(settings.kafka, **extra))
+        self._producer = producer_client(settings.kafka, **extra)
         self._flush_timeout_s = float(extra["message.timeout.ms"]) / 1000.0 + 5.0
 
     # -- callbacks (run inside poll()/flush(), on the caller's thread) ----------------------

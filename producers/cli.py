@@ -25,7 +25,7 @@ def _build_source(args: argparse.Namespace):  # noqa: ANN202 - one of the source
     kind, _, path = args.source.partition(":")
     if kind == "synthetic" and not path:
         camera = SyntheticCamera(args.product, size=args.size, seed=args.seed, defect_rate=args.defect_rate)
-        return SyntheticSource(camera)
+        return SyntheticSource(camera, start=args.first_index)
     if kind == "folder" and path:
         return FolderSource(path, loop=args.loop)
     if kind == "video" and path:
@@ -50,7 +50,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         print("lineguard produce: --line is required (or --write-dataset DIR)", file=sys.stderr)
         return 2
 
-    from lineguard.kafka_admin import ensure_topics
+    from lineguard.kafka import ensure_topics
 
     from .camera import CameraProducer
 
@@ -101,6 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--defect-rate", type=float, default=0.1, help="fraction of defective parts")
     synthetic.add_argument("--size", type=int, default=256, help="image width and height in pixels")
     synthetic.add_argument("--seed", type=int, default=0, help="same seed, same images")
+    synthetic.add_argument("--first-index", type=_positive_int, default=0,
+                           help="index of the first frame (a --write-dataset's train images are 0..n-train-1)")
     dataset = p.add_argument_group("synthetic dataset (instead of producing)")
     dataset.add_argument("--write-dataset", type=Path, metavar="DIR",
                          help="write an MVTec-layout folder of the synthetic --product to DIR and exit")

@@ -15,6 +15,7 @@ class Reason(StrEnum):
     UNKNOWN_PRODUCT = "unknown_product"      # no model for the frame's product/line
     UNKNOWN_LINE = "unknown_line"
     SCORING_FAILED = "scoring_failed"        # the engine raised on this frame
+    WRITE_REJECTED = "write_rejected"        # a store refused the record for good (type, constraint, key)
 
 
 class SchemaError(ValueError):

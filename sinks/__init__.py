@@ -1,5 +1,6 @@
 """Sinks: verdicts to ClickHouse (``clickhouse``), heatmaps to a folder or S3 (``heatmaps``).
 
-``base.Sink`` owns the consumer loop (batching, dead letters, retries, commits after
-writes); each concrete sink only decodes and writes. Run them with ``lineguard sink``.
+``runner.SinkRunner`` owns the consumer loop (batching, retries with back-off, dead letters,
+commits after writes, rebalances); each sink is a ``writer.Writer`` that only decodes and
+writes, and says which failures are permanent (``errors``). Run them with ``lineguard sink``.
 """

@@ -7,6 +7,7 @@ import signal
 import threading
 from typing import Any
 
+from lineguard.cli_options import add_until_idle
 from lineguard.config import ConfigError, Settings
 from lineguard.schemas import topics
 
@@ -27,10 +28,7 @@ def register(subparsers: Any) -> None:
         "--group", default=None,
         help="consumer group (default: lineguard-sink-<kind>); sinks sharing a group share the work",
     )
-    parser.add_argument(
-        "--until-idle", type=float, metavar="SECONDS", default=None,
-        help="exit once no message arrived for this long (default: run until SIGINT/SIGTERM)",
-    )
+    add_until_idle(parser, "exit once no message arrived for this long (default: run until SIGINT/SIGTERM)")
     parser.set_defaults(handler=run_sink)
 
 
@@ -52,19 +50,26 @@ def run_sink(args: argparse.Namespace, settings: Settings) -> int:
     lines = _parse_lines(args.lines)
     from lineguard.metrics import serve_metrics
 
+    from .runner import SinkRunner
+
     serve_metrics(settings.sinks.metrics_port, settings.metrics_host, f"sink {args.kind}")
     stop = threading.Event()
     store: Any
     if args.kind == "clickhouse":
-        from .clickhouse import ClickHouseSink, open_store
+        from lineguard.stores import open_store
+
+        from .clickhouse import ClickHouseWriter
 
         store = open_store(settings)
-        sink: Any = ClickHouseSink(settings, store, lines=lines, group_id=args.group)
+        writer: Any = ClickHouseWriter(settings, store)
     else:
-        from .heatmaps import HeatmapSink, open_object_store
+        from lineguard.stores import open_object_store
+
+        from .heatmaps import HeatmapWriter
 
         store = open_object_store(settings)
-        sink = HeatmapSink(settings, store, lines=lines, group_id=args.group)
+        writer = HeatmapWriter(settings, store)
+    sink = SinkRunner(settings, writer, lines=lines, group_id=args.group)
     # SIGINT/SIGTERM: finish the batch, commit, leave the group (restored afterwards, so
     # calling this handler in-process, as tests do, leaves the caller's handlers alone).
     previous = {signum: signal.signal(signum, lambda *_: stop.set())

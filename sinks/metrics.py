@@ -1,7 +1,10 @@
-"""The sinks' Prometheus metrics (served by ``lineguard sink`` when ``sinks.metrics_port``
-is set; see lineguard/metrics.py). Every series carries the sink ``kind``."""
+"""The sinks' metrics: :class:`SinkMetrics`, what one runner returns, and the Prometheus series
+(served by ``lineguard sink`` when ``sinks.metrics_port`` is set; see lineguard/metrics.py).
+Every series carries the sink ``kind``."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -21,3 +24,22 @@ CONSUMER_LAG = Gauge("lineguard_sink_consumer_lag",
 UNCOMMITTED = Gauge("lineguard_sink_pending_items",
                     "Items consumed and waiting to be written (the batch being gathered or retried)", ["kind"])
 RETRYING = Gauge("lineguard_sink_retrying", "1 while a write is failing and being retried, else 0", ["kind"])
+
+
+@dataclass
+class SinkMetrics:
+    consumed: int = 0        # messages taken from Kafka
+    written: int = 0         # items handed to a successful write()
+    dead_lettered: int = 0   # messages delivered to the dead-letter topic
+    retries: int = 0         # failed write attempts that were retried
+    commits: int = 0         # successful offset commits
+    commit_failures: int = 0
+    revocations: int = 0     # rebalances that took partitions away
+    reopens: int = 0         # consumers replaced after being stuck (see .watchdog)
+    # Messages after the committed offset, per "topic[partition]" this sink holds,
+    # measured from the broker every sinks.lag_report_s and on exit.
+    lag: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_lag(self) -> int:
+        return sum(self.lag.values())

@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Producer
 
 from lineguard.config import KafkaConfig
 from lineguard.engines.training import train
-from lineguard.kafka_admin import count_messages, ensure_topics, producer_config
+from lineguard.kafka import count_messages, ensure_topics, producer_client
 from lineguard.producers.synthetic import SyntheticCamera
 from lineguard.schemas import Frame, Verdict, new_frame_id, topics
 from lineguard.schemas import image as imagecodec
@@ -121,7 +120,7 @@ def _frames(spec: CameraSpec, start_seq: int, times_ns: list[int], brighten_from
 
 
 def _send(kafka: KafkaConfig, frames: list[Frame]) -> None:
-    producer = Producer(producer_config(kafka))
+    producer = producer_client(kafka)
     for frame in frames:
         producer.produce(topics.frames(frame.line_id), key=frame.camera_id.encode(), value=frame.encode())
     assert producer.flush(60) == 0, "frames not delivered"

@@ -1,7 +1,7 @@
 """Helpers for the fault-injection tests (tests/test_faults.py and friends).
 
-A :class:`FaultPipeline` runs real ``lineguard`` processes (processors,
-producers, sinks) against the local stack on lines of its own, and counts
+A :class:`FaultPipeline` is the local-pipeline harness (``lineguard.harness``)
+on lines of its own on the test stack, with the fault tests' settings, and counts
 every frame at the end: frames in the frame topics, verdict messages and the
 distinct frames they cover, dead letters from its topics, ClickHouse rows
 (``FINAL``) and duplicate rows. Nothing here fakes a service: faults are made
@@ -23,16 +23,14 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from lineguard.benchmarks.measure import status_kib
-from lineguard.components import Component, component_env
+from lineguard.components import Component
 from lineguard.config import KafkaConfig
-from lineguard.kafka_admin import count_messages, ensure_topics, group_lag
+from lineguard.harness import LocalPipeline, describe, status_kib, wait_for
+from lineguard.kafka import ensure_topics, read_topic
 from lineguard.schemas import DeadLetter, Frame, Verdict, topics
-from lineguard.sinks.clickhouse import ChdbStore, VerdictStore
+from lineguard.stores import ChdbStore, VerdictStore
 
-from pipeline_helpers import read_topics, wait_for
-
-PRODUCT = "washer"
+from pipeline_helpers import read_topics
 
 
 def log_text(comp: Component) -> str:
@@ -121,24 +119,21 @@ class Tally:
         return text + " " + " ".join(f"{k}={v}" for k, v in details.items())
 
 
-class FaultPipeline:
+class FaultPipeline(LocalPipeline):
     """Lines of its own on the shared stack; components as real processes; logs under ``root``."""
 
     def __init__(self, stack, root: Path, models: Path, name: str, kafka: KafkaConfig | None = None,  # noqa: ANN001
                  **env: str) -> None:
         tag = uuid.uuid4().hex[:6]
         self.name = name
-        self.lines = [f"{name[:8]}{tag}-a", f"{name[:8]}{tag}-b"]
         self.root = root
         self.state = root / "state"
         self.models = models
         self.stack = stack
-        self.kafka = kafka or KafkaConfig(bootstrap_servers=stack.kafka_bootstrap)  # the test's own client settings
-        self.group = f"processors-{tag}"
-        self.env = component_env(
-            stack.kafka_bootstrap, self.state,
-            LINEGUARD_PROCESSOR__CONSUMER_GROUP=self.group,
-            LINEGUARD_PROCESSOR__MODEL_DIR=str(models),
+        super().__init__(
+            kafka or KafkaConfig(bootstrap_servers=stack.kafka_bootstrap),  # the test's own client settings
+            self.state, [f"{name[:8]}{tag}-a", f"{name[:8]}{tag}-b"], group=f"processors-{tag}", log_dir=root,
+            model_dir=models,
             LINEGUARD_PROCESSOR__LAG_REPORT_S="1",
             LINEGUARD_SINKS__FLUSH_INTERVAL_MS="300",
             LINEGUARD_SINKS__LAG_REPORT_S="1",
@@ -146,70 +141,19 @@ class FaultPipeline:
             LINEGUARD_SINKS__RETRY_MAX_MS="1500",
             **env,
         )
-        self.components: list[Component] = []
-        self.producer_stats: list[str] = []
         ensure_topics(self.kafka, self.lines)
-
-    # ---- components
-
-    def start(self, name: str, args: list[str], **env: str) -> Component:
-        comp = Component(args, {**self.env, **env}, self.root / f"{name}-{len(self.components)}.log")
-        comp.name = name  # type: ignore[attr-defined]
-        self.components.append(comp)
-        return comp
-
-    def processor(self, name: str = "processor", metrics_port: int | None = None, **env: str) -> Component:
-        extra = dict(env)
-        if metrics_port:
-            extra["LINEGUARD_PROCESSOR__METRICS_PORT"] = str(metrics_port)
-        return self.start(name, ["process", "--lines", ",".join(self.lines)], **extra)
 
     def producers(self, count: int, fps: float, size: int = 128, cameras_per_line: int = 1,
                   **env: str) -> list[Component]:
         """``lineguard produce`` per camera: ``cameras_per_line`` cameras on each line, whose ids are
         chosen to hash to different partitions (the key is the camera id), ``count`` frames each."""
-        comps = []
-        for i, line in enumerate(self.lines):
-            for j, camera in enumerate(cameras_for_partitions(line, cameras_per_line, self.kafka.frame_partitions)):
-                comps.append(self.start(
-                    f"produce-{camera}",
-                    ["produce", "--line", line, "--camera", camera, "--product", PRODUCT, "--source", "synthetic",
-                     "--count", str(count), "--fps", str(fps), "--size", str(size), "--defect-rate", "0.2",
-                     "--seed", str(20 + 10 * i + j)], **env))
-        return comps
-
-    def sink(self, kind: str, metrics_port: int | None = None, until_idle: float | None = None,
-             **env: str) -> Component:
-        args = ["sink", kind, "--lines", ",".join(self.lines), "--group", self.sink_group(kind)]
-        if until_idle is not None:
-            args += ["--until-idle", str(until_idle)]
-        extra = dict(env)
-        if metrics_port:
-            extra["LINEGUARD_SINKS__METRICS_PORT"] = str(metrics_port)
-        return self.start(f"sink-{kind}", args, **extra)
-
-    def sink_group(self, kind: str) -> str:
-        return f"{self.group}-sink-{kind}"
-
-    def wait_producers(self, producers: list[Component], timeout_s: float = 240) -> int:
-        """Wait for the producers to exit 0 with failed=0; return the frames they delivered."""
-        delivered = 0
-        for prod in producers:
-            assert prod.wait(timeout_s) == 0, log_text(prod)[-3000:]
-            summary = [line for line in log_text(prod).splitlines() if line.startswith("produce:")][-1]
-            self.producer_stats.append(summary)
-            fields = dict(part.split("=", 1) for part in summary.split()[1:])
-            assert fields["failed"] == "0", summary
-            delivered += int(fields["delivered"])
-        return delivered
-
-    def stop_all(self) -> None:
-        for comp in self.components:
-            comp.stop(timeout=20)
+        return [self.camera(line, camera, count, fps=fps, size=size, defect_rate=0.2, seed=20 + 10 * i + j, **env)
+                for i, line in enumerate(self.lines)
+                for j, camera in enumerate(cameras_for_partitions(line, cameras_per_line, self.kafka.frame_partitions))]
 
     def delete_topics(self) -> None:
         """Remove the lines' topics (the back-pressure test leaves hundreds of MB of frames)."""
-        from lineguard.kafka_admin import admin_client
+        from lineguard.kafka import admin_client
 
         admin = admin_client(self.kafka)  # kept referenced until the futures resolve
         futures = admin.delete_topics(self.frame_topics() + self.verdict_topics() + self.heatmap_topics(),
@@ -220,10 +164,10 @@ class FaultPipeline:
 
     def group_members(self) -> str:
         """The processors' group as the broker sees it: state and each member's partitions."""
-        from confluent_kafka.admin import AdminClient
+        from lineguard.kafka import admin_client
 
         try:
-            admin = AdminClient(self.kafka.confluent())
+            admin = admin_client(self.kafka)
             group = admin.describe_consumer_groups([self.group])[self.group].result(timeout=10)
             members = "; ".join(f"{m.member_id[-8:]}@{m.host}: " + ",".join(
                 f"{tp.topic[-2:]}[{tp.partition}]" for tp in m.assignment.topic_partitions) for m in group.members)
@@ -232,26 +176,14 @@ class FaultPipeline:
             return f"group {self.group}: {exc}"
 
     def logs(self) -> str:
-        return self.group_members() + "\n" + "\n".join(f"--- {getattr(c, 'name', '?')} (pid {c.pid})\n" + "\n".join(log_text(c).splitlines()[-25:])
-                         for c in self.components)
+        return self.group_members() + "\n" + describe(self.components)
 
     # ---- counting
 
-    def frame_topics(self) -> list[str]:
-        return [topics.frames(line) for line in self.lines]
-
-    def verdict_topics(self) -> list[str]:
-        return [topics.verdicts(line) for line in self.lines]
-
-    def heatmap_topics(self) -> list[str]:
-        return [topics.heatmaps(line) for line in self.lines]
-
-    def count(self, topic_names: list[str]) -> int:
-        return sum(count_messages(self.kafka, t) for t in topic_names)
-
     def frames_in_topics(self) -> list[tuple[tuple[str, int, int], Frame | None]]:
         """Every message of the frame topics with its (topic, partition, offset); None if not a Frame."""
-        return read_positions(self.kafka, self.frame_topics(), _frame_or_none)
+        return [((r.topic, r.partition, r.offset), _frame_or_none(r.value))
+                for r in read_topic(self.kafka, self.frame_topics())]
 
     def verdicts(self, expect: int) -> list[Verdict]:
         return read_topics(self.kafka, self.verdict_topics(), Verdict.decode, expect=expect, timeout_s=90, settle_s=1)
@@ -264,18 +196,19 @@ class FaultPipeline:
     def wait_all_scored(self, expected: int, timeout_s: float, what: str = "every frame scored") -> None:
         """Until the processors' group has committed every frame and ``expected`` frames have an outcome."""
         def done() -> bool:
-            return (group_lag(self.kafka, self.group, self.frame_topics()) == 0
-                    and self.count(self.verdict_topics()) >= expected)
+            return self.scored() and self.count(self.verdict_topics()) >= expected
         try:
             wait_for(done, timeout_s, what, interval_s=1.0)
-        except AssertionError:
+        except TimeoutError:
             raise AssertionError(f"{what}: timed out\n{self.logs()}") from None
 
     def wait_sink_caught_up(self, group: str, topic_names: list[str], timeout_s: float) -> None:
+        from lineguard.kafka import group_lag
+
         try:
             wait_for(lambda: group_lag(self.kafka, group, topic_names) == 0, timeout_s,
                      f"sink group {group} to commit everything", interval_s=1.0)
-        except AssertionError:
+        except TimeoutError:
             raise AssertionError(f"sink {group} did not catch up\n{self.logs()}") from None
 
     def tally(self, fault: str, sent: int, store: VerdictStore | None = None,
@@ -317,35 +250,6 @@ class FaultPipeline:
             lost=lost, duplicate_rows=n_rows - n_row_frames,
             extra={"replayed_verdicts": sum(n - 1 for n in verdict_ids.values()), **extra},
         )
-
-
-def read_positions(kafka: KafkaConfig, topic_names: list[str], decode, timeout_s: float = 60.0):  # noqa: ANN001,ANN201
-    """Every message of ``topic_names`` from the beginning: [((topic, partition, offset), decode(value))].
-    Reads up to the end offsets taken when called."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from lineguard.kafka_admin import consumer_config, topic_end_offsets
-
-    ends = {(t, part): end for t in topic_names for part, end in topic_end_offsets(kafka, t).items()}
-    remaining = {key for key, end in ends.items() if end > 0}
-    consumer = Consumer(consumer_config(kafka, f"test-positions-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False}))
-    consumer.assign([TopicPartition(t, part, 0) for (t, part) in remaining] or [])
-    out = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while remaining and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            key = (msg.topic(), msg.partition())
-            if msg.offset() < ends[key]:
-                out.append(((msg.topic(), msg.partition(), msg.offset()), decode(msg.value())))
-            if msg.offset() >= ends[key] - 1:
-                remaining.discard(key)
-    finally:
-        consumer.close()
-    assert not remaining, f"could not read {remaining} to their end"
-    return out
 
 
 def _frame_or_none(data: bytes) -> Frame | None:
@@ -396,15 +300,7 @@ class ChdbHttpServer:
 
 
 def committed(kafka: KafkaConfig, group: str, topic_names: list[str]) -> dict[tuple[str, int], int]:
-    """The group's committed offsets on every partition of ``topic_names`` (-1001: none)."""
-    from confluent_kafka import Consumer, TopicPartition
+    """The group's committed offsets on every partition of ``topic_names`` (negative: none)."""
+    from lineguard.kafka import committed_offsets
 
-    from lineguard.kafka_admin import consumer_config
-
-    consumer = Consumer(consumer_config(kafka, f"{group}", **{"enable.auto.commit": False}))
-    try:
-        wanted = [TopicPartition(name, p) for name in topic_names
-                  for p in consumer.list_topics(name, timeout=10).topics[name].partitions]
-        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(wanted, timeout=10)}
-    finally:
-        consumer.close()
+    return committed_offsets(kafka, group, topic_names)

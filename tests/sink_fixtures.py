@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lineguard.schemas import Verdict
-from lineguard.sinks.clickhouse import ChdbStore, ServerStore, VerdictStore
+from lineguard.stores import ChdbStore, ServerStore, VerdictStore
 
 _CHDB_HTTP_SCRIPT = Path(__file__).with_name("chdb_http.py")
 HOUR_NS = 3600 * 10**9

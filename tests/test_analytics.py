@@ -21,7 +21,7 @@ from lineguard.analytics import cookbook
 from lineguard.analytics.schema import (PSI_FLOOR, create_analytics_schema, find_model_references,
                                         load_model_references)
 from lineguard.schemas import Verdict
-from lineguard.sinks.clickhouse import ChdbStore, ServerStore
+from lineguard.stores import ChdbStore, ServerStore
 
 from analytics_dataset import Dataset, get_dataset
 from pipeline_helpers import Component
@@ -462,9 +462,9 @@ def test_report_prints_tables_and_writes_charts(dataset, latest, window, tmp_pat
     shutil.copytree(png_dir, ARTIFACTS / "report", dirs_exist_ok=True)
 
 
-def test_readme_cookbook_is_the_code():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("### SQL cookbook", 1)[1].split("\n## ", 1)[0]
+def test_analytics_page_cookbook_is_the_code():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "analytics.md").read_text()
+    section = page.split("## SQL cookbook", 1)[1].split("\n## ", 1)[0]
     for name in cookbook.QUERIES:
         assert f"`{name}`" in section, name
     for name in ("defect_rate_by_shift", "worst_cameras", "defect_pareto_by_product"):

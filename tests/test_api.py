@@ -9,8 +9,10 @@ import base64
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
+import time
 import httpx
 import numpy as np
 import pytest
@@ -126,6 +128,40 @@ def test_line_specific_model_and_threshold_override(api):
     press1 = _post(api, "washer", upload, line="press1").json()  # shared model, overridden threshold
     assert (press1["model_version"], press1["threshold"], press1["is_defective"]) == ("api-1", OVERRIDE, True)
     assert plain["is_defective"] is False
+
+
+@pytest.mark.parametrize("shape", [(1, 2048), (2048, 1)], ids=["2048x1", "1x2048"])
+def test_thin_images_get_a_verdict_and_a_heatmap(api, shape):
+    thin = np.random.default_rng(2).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    r = _post(api, "washer", _png(thin), heatmap="true")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (shape[1], shape[0])
+    heatmap = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"])))
+    assert heatmap.size == ((512, 1) if shape[1] > shape[0] else (1, 512))  # shrunk, never to 0 pixels
+
+
+def test_a_model_saved_while_serving_is_picked_up_without_a_restart(api):
+    """The API shares the processors' registry: a new line-specific folder is served at the next poll."""
+    models = api["models"]
+    folder = models / "washer@press9"
+    folder.mkdir()
+    try:
+        (folder / "model.onnx").write_bytes((models / "washer" / "model.onnx").read_bytes())
+        manifest = Manifest.load(models / "washer")
+        manifest.version = "press9-1"
+        manifest.save(folder)  # the manifest last, as a trained model is saved
+        upload = _png(SyntheticCamera("washer", size=128, seed=1).render(9011, defect=None).image)
+        deadline = time.monotonic() + 10  # processor.model_poll_s is 2 s
+        while (version := _post(api, "washer", upload, line="press9").json()["model_version"]) != "press9-1":
+            assert time.monotonic() < deadline, f"still serving {version}"
+            time.sleep(0.2)
+        listed = api["client"].get("/models", headers={"X-API-Key": KEY}).json()
+        assert ("washer@press9", "press9-1") in {(m["folder"], m["model_version"]) for m in listed}, listed
+    finally:
+        shutil.rmtree(folder)
+    # Removed again: press9 falls back to the product-wide model.
+    assert _post(api, "washer", upload, line="press9").json()["model_version"] == "api-1"
 
 
 def test_api_keys_are_required(api):

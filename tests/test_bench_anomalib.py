@@ -88,9 +88,9 @@ def test_ensure_venv_is_a_no_op_once_stamped(tmp_path: Path) -> None:
 
 
 def test_cli_registers_bench_anomalib() -> None:
-    args = build_parser().parse_args(["bench", "anomalib", "--data", "x", "--json", "out.json"])
+    args = build_parser().parse_args(["bench", "anomalib", "--data", "x", "--out", "out.json"])
     assert args.bench_kind == "anomalib" and args.coreset_ratio == 0.1 and args.size == 256
-    assert args.layers == "features.6,features.13"
+    assert args.layers == "features.6,features.13" and args.out == "out.json"
 
 
 def test_side_metrics_use_lineguards_metric_code(tmp_path: Path) -> None:

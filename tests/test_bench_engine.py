@@ -20,7 +20,7 @@ from lineguard.producers.synthetic import SyntheticCamera
 
 def _bench(model: Path, out: Path, *extra: str) -> dict:
     assert main(["bench", "engine", "--model", str(model), "--batches", "1,2", "--seconds", "0.2",
-                 "--json", str(out), *extra]) == 0
+                 "--out", str(out), *extra]) == 0
     return json.loads(out.read_text())
 
 

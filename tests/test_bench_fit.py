@@ -24,7 +24,7 @@ def test_bench_fit_measures_each_size(tmp_path: Path, capsys) -> None:
     SyntheticCamera(product="washer", size=96, seed=1).write_mvtec(tmp_path / "data", 24, 1, 1)
     out = tmp_path / "fit.json"
     assert main(["bench", "fit", "--data", str(tmp_path / "data"), "--sizes", "8,24",
-                 "--option", "input_size=96", "--json", str(out)]) == 0
+                 "--option", "input_size=96", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["sizes"]
     assert [r["images"] for r in rows] == [8, 24]
     small, large = rows

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from lineguard.benchmarks.pipeline import PipelineBenchConfig, _render_frames, markdown, run
+from lineguard.benchmarks.pipeline import PipelineBenchConfig, markdown, run
+from lineguard.benchmarks.pipeline_ceilings import render_frames
 from lineguard.config import Settings
 
 
@@ -17,9 +18,9 @@ def test_frames_mix_defects_at_the_share_asked(tmp_path) -> None:  # noqa: ANN00
     from lineguard.producers.synthetic import SyntheticCamera
 
     SyntheticCamera(product="washer", size=64, seed=1).write_mvtec(tmp_path / "d", 10, 2, 10)
-    frames = _render_frames(64, 200, tmp_path / "d", defect_share=0.25)
+    frames = render_frames(64, 200, tmp_path / "d", defect_share=0.25)
     assert len(frames) == 200 and all(f[:2] == b"\xff\xd8" for f in frames)  # JPEG
-    assert _render_frames(64, 20, tmp_path / "d", defect_share=0.25) == frames[:20]  # same seed, same frames
+    assert render_frames(64, 20, tmp_path / "d", defect_share=0.25) == frames[:20]  # same seed, same frames
 
 
 def test_bench_pipeline_counts_every_frame(settings: Settings) -> None:

@@ -14,7 +14,7 @@ import yaml
 from lineguard.cli import build_parser
 from lineguard.config import load_settings
 from lineguard.deploy import healthcheck
-from lineguard.kafka_admin import topic_max_message_bytes
+from lineguard.kafka import topic_max_message_bytes
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 REPO = DEPLOY.parent
@@ -136,7 +136,7 @@ def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
 def test_docker_context_keeps_every_package_folder() -> None:
     """The image copies the context; no package folder of pyproject.toml may be ignored out of it."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    folders = set(pyproject["tool"]["setuptools"]["package-dir"].values()) | {"pyproject.toml", "README.md"}
+    folders = set(pyproject["tool"]["setuptools"]["package-dir"].values()) | {"pyproject.toml", "README.md", "LICENSE"}
     ignored = {line.strip().rstrip("/") for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert not folders & ignored, f"Dockerfile.dockerignore drops {sorted(folders & ignored)}"

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from lineguard.config import ConfigError, load_settings
+from lineguard.kafka import client_config
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +47,28 @@ def test_invalid_values_list_every_problem(tmp_path, monkeypatch):
         load_settings()
 
 
+def test_batching_per_product_and_its_old_name_with_a_warning(tmp_path, monkeypatch):
+    import warnings
+
+    cfg = tmp_path / "plant.yml"
+    cfg.write_text("processor:\n  batching_per_product: {hazelnut: {max_batch: 8, max_wait_ms: 20}}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the current name warns of nothing
+        s = load_settings(cfg)
+    assert s.processor.batching_for("hazelnut").max_batch == 8 and s.processor.batching_for("washer").max_batch == 16
+    cfg.write_text("processor:\n  batching_per_model: {hazelnut: {max_batch: 4, max_wait_ms: 20}}\n")
+    with pytest.warns(FutureWarning, match="batching_per_product"):
+        s = load_settings(cfg)
+    assert s.processor.batching_for("hazelnut").max_batch == 4
+    monkeypatch.setenv("LINEGUARD_PROCESSOR__BATCHING_PER_MODEL", json.dumps({"washer": {"max_batch": 2}}))
+    with pytest.warns(FutureWarning, match="batching_per_product"):
+        s = load_settings()
+    assert s.processor.batching_for("washer").max_batch == 2
+    cfg.write_text("processor:\n  batching_per_product: {hazelnut: {max_batch: 8}}\n")
+    with pytest.raises(ConfigError, match="batching_per_model"), pytest.warns(FutureWarning):
+        load_settings(cfg)  # both names at once: which one was meant?
+
+
 def test_stack_file_supplies_local_addresses_but_env_wins(tmp_path, monkeypatch):
     state = tmp_path / "state"
     state.mkdir()
@@ -67,20 +90,20 @@ def test_secrets_from_files_and_never_in_reprs(tmp_path, monkeypatch):
     monkeypatch.setenv("LINEGUARD_KAFKA__SASL_PASSWORD_FILE", str(secret_file))
     monkeypatch.setenv("LINEGUARD_SINKS__CLICKHOUSE__PASSWORD", "ch-pass-value")
     s = load_settings()
-    assert s.kafka.confluent()["sasl.password"] == "s3cr3t-value"
+    assert client_config(s.kafka)["sasl.password"] == "s3cr3t-value"
     assert s.sinks.clickhouse.secret() == "ch-pass-value"
     dumped = repr(s) + str(s.model_dump())
     assert "ch-pass-value" not in dumped and "s3cr3t-value" not in dumped
 
 
-def test_readme_documents_every_setting():
+def test_configuration_page_documents_every_setting():
     from pathlib import Path
 
     from pydantic import BaseModel
 
     from lineguard.config import Settings
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
 
     def names(model, prefix="LINEGUARD_"):
         for name, field in model.model_fields.items():
@@ -90,5 +113,5 @@ def test_readme_documents_every_setting():
             else:
                 yield f"{prefix}{name.upper()}"
 
-    missing = [n for n in names(Settings) if n not in readme]
-    assert not missing, f"README configuration reference lacks {missing}"
+    missing = [n for n in names(Settings) if f"`{n}`" not in page]
+    assert not missing, f"docs/configuration.md lacks {missing}"

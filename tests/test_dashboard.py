@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lineguard.analytics.schema import create_analytics_schema, load_model_references
-from lineguard.sinks.clickhouse import ChdbStore
+from lineguard.stores import ChdbStore
 
 from analytics_dataset import get_dataset
 from api_server import ApiServer

@@ -104,7 +104,7 @@ def test_tiny_training_writes_a_model_folder_the_scoring_engine_loads(tmp_path: 
 def test_onnx_export_matches_torch(tmp_path: Path, teacher: str):
     import onnxruntime as ort
 
-    from lineguard.engines.efficientad.train import build_model
+    from lineguard.engines.efficientad.model import build_model
 
     # channels=32: a narrow distilled teacher keeps the test fast; the code path is the same.
     model = build_model(input_size=SIZE, teacher=teacher, steps=2, distill_steps=2, channels=32, progress=False)
@@ -135,7 +135,8 @@ def test_onnx_export_matches_torch(tmp_path: Path, teacher: str):
 
 @needs_lite0
 def test_checkpoint_resume_continues_from_the_saved_step(tmp_path: Path):
-    from lineguard.engines.efficientad.train import CHECKPOINT_FILE, build_model
+    from lineguard.engines.efficientad.model import build_model
+    from lineguard.engines.efficientad.train import CHECKPOINT_FILE
 
     images = _images(5)
     options = dict(input_size=SIZE, progress=False, checkpoint_every=2)
@@ -143,13 +144,13 @@ def test_checkpoint_resume_continues_from_the_saved_step(tmp_path: Path):
 
     # A 4-step run killed right after its step-2 checkpoint.
     interrupted = build_model(steps=4, checkpoint_dir=str(ckpt), **options)
-    save = interrupted._save_checkpoint
+    save = interrupted.trainer._save_checkpoint
 
     def save_then_die(state):  # noqa: ANN001
         save(state)
         raise KeyboardInterrupt
 
-    interrupted._save_checkpoint = save_then_die
+    interrupted.trainer._save_checkpoint = save_then_die
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(images)
     saved = torch.load(ckpt / CHECKPOINT_FILE, weights_only=False)
@@ -158,11 +159,11 @@ def test_checkpoint_resume_continues_from_the_saved_step(tmp_path: Path):
               **{f"a.{k}": v for k, v in saved["autoencoder"].items()}}
 
     resumed = build_model(steps=4, checkpoint_dir=str(ckpt), **options).fit(images)
-    assert resumed.start_step == 2
+    assert resumed.trainer.start_step == 2
     assert torch.load(ckpt / CHECKPOINT_FILE, weights_only=False)["step"] == 4
 
     straight = build_model(steps=4, **options).fit(images)
-    assert straight.start_step == 0
+    assert straight.trainer.start_step == 0
     a, b = _state(resumed), _state(straight)
     # Resumed = uninterrupted run (same images, augmentations and dropout per step)...
     for key in a:
@@ -177,10 +178,10 @@ def test_checkpoint_resume_continues_from_the_saved_step(tmp_path: Path):
 
 @needs_lite0
 def test_crop_training_runs_and_reports_its_flops():
-    from lineguard.engines.efficientad.train import build_model
+    from lineguard.engines.efficientad.model import build_model
 
     model = build_model(input_size=96, crop_size=64, steps=2, progress=False).fit(_images(4))
-    assert model.crop_size == 64
+    assert model.trainer.crop_size == 64
     extra = model.manifest_extra
     assert extra["crop_size"] == 64 and extra["gflops_per_image"] > 0
     assert np.isfinite(list(extra["final_losses"].values())).all()

@@ -29,7 +29,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_eval_writes_json_markdown_and_sheet(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, model = trained
     out_json, out_md, out_png = tmp_path / "m.json", tmp_path / "m.md", tmp_path / "sheet.png"
-    assert main(["eval", "--model", str(model), "--data", str(data), "--json", str(out_json),
+    assert main(["eval", "--model", str(model), "--data", str(data), "--out", str(out_json),
                  "--markdown", str(out_md), "--sheet", str(out_png), "--batch", "4"]) == 0
     report = json.loads(out_json.read_text())
     for key in ("image_auroc", "pixel_auroc", "pro", "f1_max", "per_defect", "n_images", "images_per_s"):
@@ -58,7 +58,7 @@ def test_eval_without_masks_gives_null_pixel_metrics(trained: tuple[Path, Path],
     shutil.copytree(data, no_masks)
     shutil.rmtree(no_masks / "ground_truth")
     out_json = tmp_path / "m.json"
-    assert main(["eval", "--model", str(model), "--data", str(no_masks), "--json", str(out_json)]) == 0
+    assert main(["eval", "--model", str(model), "--data", str(no_masks), "--out", str(out_json)]) == 0
     report = json.loads(out_json.read_text())
     assert report["pixel_auroc"] is None and report["pro"] is None
     assert report["image_auroc"] is not None

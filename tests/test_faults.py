@@ -235,7 +235,7 @@ def test_clickhouse_outage_sink_retries_and_catches_up(stack, models: Path, tmp_
     """ClickHouse (the clickhouse-connect backend against the chdb HTTP fixture) is killed for a
     while: the sink retries, commits nothing unwritten, reports lag, and catches up after the
     restart with exactly one row per frame; verdicts keep flowing to the MES topics meanwhile."""
-    from lineguard.sinks.clickhouse import ServerStore
+    from lineguard.stores import ServerStore
 
     per_line, fps = 240, 12
     server = ChdbHttpServer(tmp_path / "clickhouse", tmp_path / "chdb-http.log")
@@ -290,9 +290,7 @@ def test_back_pressure_memory_stays_bounded_and_lag_drains(stack, models: Path, 
     may hold, so an unbounded processor would fail the memory bound."""
     import threading
 
-    from confluent_kafka import Producer
-
-    from lineguard.kafka_admin import producer_config
+    from lineguard.kafka import producer_client
     from lineguard.schemas import Frame, new_frame_id, topics
     from lineguard.schemas import image as imagecodec
 
@@ -332,7 +330,7 @@ def test_back_pressure_memory_stays_bounded_and_lag_drains(stack, models: Path, 
     sampler = threading.Thread(target=sample, daemon=True)
     try:
         wait_for(lambda: _up(port), 120, "the processor's metrics endpoint")
-        producer = Producer(producer_config(p.kafka, **{"linger.ms": 5, "compression.type": "none"}))
+        producer = producer_client(p.kafka, **{"linger.ms": 5, "compression.type": "none"})
         sent_ids: set[str] = set()
         # Warm up (model loaded, buffers and thread pools in use) before the memory baseline.
         for n in range(8):
@@ -414,10 +412,8 @@ def test_poison_frames_end_in_dead_letters_and_the_processor_keeps_running(stack
     (counted per reason on /metrics as well); good frames around them are scored; nothing crashes;
     the processor's memory stays where it was after the first round (a bomb allocates nothing).
     How fast good frames flow meanwhile is measured by ``lineguard bench pipeline --poison-share``."""
-    from confluent_kafka import Producer
-
     from lineguard.benchmarks.hostile import poison_frames
-    from lineguard.kafka_admin import producer_config
+    from lineguard.kafka import producer_client
     from lineguard.schemas import Frame, new_frame_id, topics
     from lineguard.schemas import image as imagecodec
 
@@ -436,7 +432,7 @@ def test_poison_frames_end_in_dead_letters_and_the_processor_keeps_running(stack
                   captured_at_ns=time.time_ns(), seq=i, encoding="jpeg", image=good_jpeg) for i in range(rounds)]
     try:
         wait_for(lambda: _up(port), 120, "the processor's metrics endpoint")
-        producer = Producer(producer_config(p.kafka))
+        producer = producer_client(p.kafka)
 
         def send_round(r: int) -> None:
             for _, payload in poison[r]:

@@ -18,7 +18,7 @@ import yaml
 
 from lineguard.analytics import cookbook
 from lineguard.analytics.schema import create_analytics_schema, load_model_references
-from lineguard.sinks.clickhouse import ChdbStore
+from lineguard.stores import ChdbStore
 
 from analytics_dataset import get_dataset
 

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from lineguard.benchmarks.hostile import jpeg_declaring, png_declaring
-from lineguard.benchmarks.measure import status_kib
+from lineguard.harness import status_kib
 from lineguard.schemas import DeadLetter, Frame, Heatmap, ImageLimits, Reason, SchemaError, Verdict, topics
 from lineguard.schemas import image as imagecodec
 from lineguard.schemas.messages import RAW_DTYPES

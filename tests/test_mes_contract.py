@@ -19,7 +19,7 @@ import jsonschema
 import msgpack
 import pytest
 from confluent_kafka import Consumer, KafkaError
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import ConfigResource
 
 from analytics_dataset import get_dataset
 from pipeline_helpers import Component
@@ -138,7 +138,9 @@ def test_per_camera_order_one_partition_per_camera_and_frame_id_idempotence(mess
 
 
 def test_verdict_topics_keep_seven_days(dataset):
-    admin = AdminClient({"bootstrap.servers": dataset.kafka.bootstrap_servers})
+    from lineguard.kafka import admin_client
+
+    admin = admin_client(dataset.kafka)
     resources = [ConfigResource(ConfigResource.Type.TOPIC, f"lineguard.verdicts.{line}") for line in dataset.lines]
     for resource, future in admin.describe_configs(resources).items():
         config = future.result(timeout=30)
@@ -147,7 +149,7 @@ def test_verdict_topics_keep_seven_days(dataset):
 
 def test_lineguard_tail_prints_the_same_verdicts(messages, dataset, tmp_path):
     line = dataset.lines[0]
-    tail = Component(["tail", "--line", line, "--from-beginning", "--json", "--idle-exit", "4"], dataset.env,
+    tail = Component(["tail", "--line", line, "--from-beginning", "--json", "--until-idle", "4"], dataset.env,
                      tmp_path / "tail.log")
     assert tail.wait(90) == 0, tail.output()[-2000:]
     lines = [l for l in tail.output().splitlines() if l.startswith("{")]
@@ -163,10 +165,10 @@ def test_lineguard_tail_prints_the_same_verdicts(messages, dataset, tmp_path):
     print("\n" + "\n".join(shown[:2]))
 
 
-def test_readme_states_the_contract_with_the_current_schema():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## MES contract: the verdict topics", 1)[1].split("\n## ", 1)[0]
-    assert SCHEMA_FILE.read_text().strip() in section  # the schema in the README is the file
+def test_contract_page_states_the_contract_with_the_current_schema():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "mes-contract.md").read_text()
+    section = page.split("## MES contract: the verdict topics", 1)[1].split("\n## ", 1)[0]
+    assert SCHEMA_FILE.read_text().strip() in section  # the schema on the page is the file
     for promise in ("lineguard.verdicts.<line_id>", "**Key**: the `camera_id`", "**Order**: per camera",
                     "at-least-once", "Deduplicate on\n  `frame_id`", "**Retention**", "lineguard tail"):
         assert promise in section, promise

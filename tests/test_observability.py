@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 
-from lineguard.kafka_admin import producer_config
+from lineguard.kafka import producer_client
 from lineguard.metrics import serve_metrics
 from lineguard.schemas import topics
 
@@ -77,7 +76,7 @@ def test_every_component_exposes_its_metrics_on_the_real_endpoint(stack, models:
         for w in watchers:
             w.join(130)
         sent = p.wait_producers(producers)
-        bad = Producer(producer_config(p.kafka))
+        bad = producer_client(p.kafka)
         bad.produce(topics.frames(p.lines[0]), key=b"cam0", value=b"\x93not a frame")
         assert bad.flush(30) == 0
         p.wait_all_scored(sent, 120)

@@ -20,7 +20,7 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def fitted():
-    from lineguard.engines.patchcore.train import build_model
+    from lineguard.engines.patchcore.model import build_model
 
     rng = np.random.default_rng(0)
     train = [normal_image(rng, SIZE) for _ in range(20)]
@@ -66,7 +66,7 @@ def test_onnx_export_parity_with_dynamic_batch(fitted, tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     model.export_onnx(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    tensor = model._tensor(images).numpy()
+    tensor = model.preprocess(images)
     torch_scores, torch_maps = model.score(images)
     for batch in (tensor, tensor[:1]):  # the batch axis is dynamic
         scores, maps = session.run(["score", "anomaly_map"], {"image": batch})
@@ -112,7 +112,7 @@ def test_train_cli_writes_manifest_with_backbone(tmp_path: Path) -> None:
 
 
 def test_unknown_option_is_rejected() -> None:
-    from lineguard.engines.patchcore.train import build_model
+    from lineguard.engines.patchcore.model import build_model
 
     with pytest.raises(ValueError, match="unknown patchcore options"):
         build_model(coreset_percent=1)

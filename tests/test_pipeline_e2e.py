@@ -14,16 +14,15 @@ from collections import Counter, defaultdict
 import msgpack
 import numpy as np
 import pytest
-from confluent_kafka import Producer
 from minio import Minio
 
 from lineguard.config import KafkaConfig
 from lineguard.engines.training import train
-from lineguard.kafka_admin import count_messages, ensure_topics, producer_config
+from lineguard.kafka import count_messages, ensure_topics, producer_client
 from lineguard.producers.synthetic import SyntheticCamera
 from lineguard.schemas import DeadLetter, Frame, Verdict, new_frame_id, topics
 from lineguard.schemas import image as imagecodec
-from lineguard.sinks.clickhouse import ChdbStore
+from lineguard.stores import ChdbStore
 
 from pipeline_helpers import Component, component_env, read_topics, wait_for
 
@@ -167,7 +166,7 @@ def test_bad_input_goes_to_dead_letters_and_the_processor_keeps_running(pipeline
     p = pipeline
     line = p.lines[0]
     before = count_messages(p.kafka, topics.verdicts(line))
-    producer = Producer(producer_config(p.kafka))
+    producer = producer_client(p.kafka)
     bad = _bad_messages(line)
     for payload in bad.values():
         producer.produce(topics.frames(line), key=b"cam-bad", value=payload)

@@ -11,8 +11,8 @@ import pytest
 from lineguard.config import ProcessorConfig
 from lineguard.engines.base import calibrate
 from lineguard.engines.baseline.model import BaselineModel
+from lineguard.inspection import HEATMAP_MAX_SIDE, ModelLoadError, ModelRegistry, for_display
 from lineguard.processors.batching import BatchLimits, MicroBatcher
-from lineguard.processors.models import ModelRegistry
 from lineguard.processors.scoring import BatchScorer, Work
 from lineguard.schemas import Frame, ImageLimits, new_frame_id
 from lineguard.schemas import image as imagecodec
@@ -143,16 +143,18 @@ def test_registry_picks_up_a_retrained_model_and_line_specific_models(tmp_path):
     rng = np.random.default_rng(2)
     _save_baseline(tmp_path / "widget", rng, version="v1")
     registry = ModelRegistry(tmp_path, poll_s=0.01)
-    assert registry.get("widget", "line1").version == "v1"
+    assert registry.get("widget", "line1").engine.version == "v1"
     time.sleep(0.05)
     _save_baseline(tmp_path / "widget", rng, version="v2")
     time.sleep(0.05)
-    assert registry.get("widget", "line1").version == "v2"
+    assert registry.get("widget", "line1").engine.version == "v2"
     assert registry.reloads == 1
     _save_baseline(tmp_path / "widget@line2", rng, version="line2-only")
-    assert registry.get("widget", "line2").version == "line2-only"
-    assert registry.get("widget", "line1").version == "v2"
-    assert registry.get("../etc", "line1") is None
+    line2 = registry.get("widget", "line2")
+    assert (line2.engine.version, line2.folder, line2.product, line2.line_id) == ("line2-only", "widget@line2",
+                                                                                   "widget", "line2")
+    assert registry.get("widget", "line1").engine.version == "v2"
+    assert registry.get("widget").engine.version == "v2"  # no line: the product-wide model
 
 
 def test_registry_scores_with_the_int8_graph_where_asked_and_exported(tmp_path):
@@ -165,6 +167,100 @@ def test_registry_scores_with_the_int8_graph_where_asked_and_exported(tmp_path):
     _save_baseline(tmp_path / "gear", rng, version="v1")
     shutil.copy(tmp_path / "widget" / ONNX_FILE, tmp_path / "widget" / INT8_FILE)  # stands in for an export
     int8 = ModelRegistry(tmp_path, precision="int8")
-    assert int8.get("widget", "line1").onnx_file == INT8_FILE
-    assert int8.get("gear", "line1").onnx_file == ONNX_FILE  # no INT8 graph: FP32, with a warning
-    assert ModelRegistry(tmp_path).get("widget", "line1").onnx_file == ONNX_FILE  # fp32 by default
+    assert int8.get("widget", "line1").engine.onnx_file == INT8_FILE
+    assert int8.get("gear", "line1").engine.onnx_file == ONNX_FILE  # no INT8 graph: FP32, with a warning
+    assert ModelRegistry(tmp_path).get("widget", "line1").engine.onnx_file == ONNX_FILE  # fp32 by default
+    config = ProcessorConfig(model_dir=tmp_path, precision="int8", model_poll_s=7.0, inference_threads=1)
+    shared = ModelRegistry.from_config(config)  # what the processors and the API build
+    assert (shared.precision, shared.poll_s, shared.threads) == ("int8", 7.0, 1)
+    assert shared.get("widget", "line1").engine.onnx_file == INT8_FILE
+
+
+def test_registry_name_check_keeps_every_lookup_inside_the_model_dir(tmp_path):
+    rng = np.random.default_rng(4)
+    models = tmp_path / "models"
+    _save_baseline(models / "widget", rng, version="inside")
+    _save_baseline(tmp_path / "outside", rng, version="outside")  # beside the model dir, not in it
+    _save_baseline(models / ".hidden", rng, version="hidden")
+    registry = ModelRegistry(models)
+    for product, line in [("../outside", "line1"), ("..", "line1"), (".", "line1"), (".hidden", "line1"),
+                          ("widget/../../outside", "line1"), ("widget\n", "line1"), ("", "line1"),
+                          ("widget", "../../outside"), ("widget", "x/y"), ("w" * 129, "line1")]:
+        assert registry.get(product, line) is None, (product, line)
+        assert registry.folder_for(product, line) is None
+    assert registry.get("widget", "line1").engine.version == "inside"
+    assert [m.folder for m in registry.load_all()] == ["widget"]  # ".hidden" is never served
+
+
+def test_a_retrained_model_that_fails_to_load_leaves_the_old_one_serving(tmp_path):
+    from lineguard.engines.manifest import ONNX_FILE
+
+    rng = np.random.default_rng(5)
+    _save_baseline(tmp_path / "widget", rng, version="v1")
+    _save_baseline(tmp_path / "gear", rng, version="v1")
+    registry = ModelRegistry(tmp_path, poll_s=0.01)
+    assert registry.get("widget", "line1").engine.version == "v1"
+    time.sleep(0.05)
+    _save_baseline(tmp_path / "widget", rng, version="v2")
+    (tmp_path / "widget" / ONNX_FILE).write_bytes(b"not an onnx graph")  # a broken copy
+    (tmp_path / "gear" / ONNX_FILE).write_bytes(b"not an onnx graph")  # broken before its first load
+    time.sleep(0.05)
+    assert registry.get("widget", "line1").engine.version == "v1"
+    assert "widget" in registry.errors and registry.reloads == 0
+    with pytest.raises(ModelLoadError, match="gear"):
+        registry.get("gear", "line1")
+    assert [m.folder for m in registry.load_all()] == ["widget"]  # the broken one is left out, not fatal
+    # Through the scorer: the batch on the broken model is dead-lettered, the other scored by v1.
+    scorer = BatchScorer(ProcessorConfig(model_dir=tmp_path), ImageLimits(), registry)
+    with pytest.raises(ModelLoadError):  # the faust app turns this into scoring_failed dead letters
+        scorer.score([Work(_frame(_normal(rng), product="gear"), time.time_ns())])
+    assert scorer.score([Work(_frame(_normal(rng)), time.time_ns())])[0].verdict.model_version == "v1"
+    time.sleep(0.05)
+    _save_baseline(tmp_path / "widget", rng, version="v3")  # fixed: picked up at the next poll
+    time.sleep(0.05)
+    assert registry.get("widget", "line1").engine.version == "v3" and "widget" not in registry.errors
+
+
+@pytest.mark.parametrize("shape", [(1, 2048), (2048, 1)], ids=["2048x1", "1x2048"])
+def test_thin_frames_get_their_heatmap_and_no_batch_is_dead_lettered(tmp_path, shape):
+    """A line-scan frame shrunk for display keeps at least one pixel a side (it once asked for 0)."""
+    from PIL import Image
+    import io
+
+    rng = np.random.default_rng(6)
+    _save_baseline(tmp_path / "widget", rng)
+    config = ProcessorConfig(model_dir=tmp_path, heatmaps="all")
+    scorer = BatchScorer(config, ImageLimits(), ModelRegistry(tmp_path))
+    thin = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+    batch = [Work(_frame(_normal(rng)), time.time_ns()), Work(_frame(thin, encoding="png"), time.time_ns()),
+             Work(_frame(thin, encoding="raw"), time.time_ns())]
+    outcomes = scorer.score(batch)
+    assert [o.failure for o in outcomes] == [None, None, None]
+    assert all(o.verdict is not None and o.heatmap is not None for o in outcomes)
+    expected = (max(1, shape[1] * HEATMAP_MAX_SIDE // 2048), max(1, shape[0] * HEATMAP_MAX_SIDE // 2048))  # (w, h)
+    for outcome in outcomes[1:]:
+        overlay = Image.open(io.BytesIO(outcome.heatmap.data))
+        assert overlay.format == "PNG" and overlay.size == expected
+        assert outcome.verdict.heatmap_key == outcome.heatmap.key
+    assert for_display(thin).shape[:2] == expected[::-1]
+
+
+def test_a_heatmap_that_cannot_be_rendered_dead_letters_only_its_frame(tmp_path, monkeypatch):
+    import lineguard.processors.scoring as scoring
+
+    rng = np.random.default_rng(7)
+    _save_baseline(tmp_path / "widget", rng)
+    real_render = scoring.render_overlay
+
+    def render_or_fail(image, *args, **kwargs):
+        if image.shape[0] == 32:
+            raise RuntimeError("no overlay for this one")
+        return real_render(image, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "render_overlay", render_or_fail)
+    scorer = BatchScorer(ProcessorConfig(model_dir=tmp_path, heatmaps="all"), ImageLimits(), ModelRegistry(tmp_path))
+    batch = [Work(_frame(_normal(rng)), time.time_ns()), Work(_frame(_normal(rng, size=32)), time.time_ns()),
+             Work(_frame(_normal(rng)), time.time_ns())]
+    good, bad, also_good = scorer.score(batch)
+    assert good.heatmap is not None and also_good.heatmap is not None and bad.verdict is None
+    assert bad.failure.reason == "scoring_failed" and "no overlay" in str(bad.failure)

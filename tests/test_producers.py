@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from confluent_kafka import Consumer
 from PIL import Image
 
 from lineguard.config import Settings
@@ -46,29 +45,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _unique_line(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def _consume(settings: Settings, topic: str, expect: int, timeout_s: float = 60.0):  # noqa: ANN202
-    """Every message of ``topic`` from the beginning, via a plain consumer with a throwaway group."""
-    from lineguard.kafka_admin import consumer_config
-
-    consumer = Consumer(consumer_config(settings.kafka, f"test-producers-{uuid.uuid4().hex[:8]}",
-                                        **{"enable.auto.commit": False}))
-    consumer.subscribe([topic])
-    messages = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                if len(messages) >= expect:
-                    break  # nothing more within half a second: an excess would have shown up
-                continue
-            assert msg.error() is None, msg.error()
-            messages.append(msg)
-    finally:
-        consumer.close()
-    return messages
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -263,7 +239,7 @@ def test_cli_rejects_bad_usage(capsys) -> None:
 
 @pytest.mark.kafka
 def test_frames_round_trip_through_kafka(stack, settings: Settings) -> None:
-    from lineguard.kafka_admin import ensure_topics
+    from lineguard.kafka import ensure_topics, read_topic
 
     line = _unique_line("prod")
     ensure_topics(settings.kafka, [line])
@@ -275,15 +251,15 @@ def test_frames_round_trip_through_kafka(stack, settings: Settings) -> None:
         stats = producer.stats  # after __exit__ flushed
         assert (stats.sent, stats.delivered, stats.failed, stats.skipped) == (n, n, 0, 0)
 
-    messages = _consume(settings, topics.frames(line), expect=50)
+    messages = read_topic(settings.kafka, topics.frames(line))  # flushed: all 50 are there, and any excess
     assert len(messages) == 50
     seqs: dict[tuple[int, str], list[int]] = {}
     limits = ImageLimits.from_config(settings.limits)
     for msg in messages:
-        frame = Frame.decode(msg.value(), max_bytes=settings.kafka.message_max_bytes)
-        assert msg.key() == frame.camera_id.encode()
+        frame = Frame.decode(msg.value, max_bytes=settings.kafka.message_max_bytes)
+        assert msg.key == frame.camera_id.encode()
         assert frame.line_id == line and frame.product == "washer"
-        seqs.setdefault((msg.partition(), frame.camera_id), []).append(frame.seq)
+        seqs.setdefault((msg.partition, frame.camera_id), []).append(frame.seq)
         expected = camera.render(frame.meta["synthetic_index"])
         assert frame.meta["gt_defective"] is expected.defective
         pixels = decode(frame.encoding, frame.image, limits, frame.dtype, frame.shape)
@@ -299,7 +275,7 @@ def test_frames_round_trip_through_kafka(stack, settings: Settings) -> None:
 
 @pytest.mark.kafka
 def test_delivery_failure_is_counted_never_reported_delivered(stack, settings: Settings, caplog) -> None:
-    from lineguard.kafka_admin import admin_client
+    from lineguard.kafka import admin_client
 
     line = _unique_line("nowhere")  # no ensure_topics: the topic does not exist
     overrides = {"message.timeout.ms": 2000, "allow.auto.create.topics": False}
@@ -316,7 +292,7 @@ def test_delivery_failure_is_counted_never_reported_delivered(stack, settings: S
 
 @pytest.mark.kafka
 def test_oversized_frame_refused_then_producer_carries_on(stack, settings: Settings) -> None:
-    from lineguard.kafka_admin import count_messages, ensure_topics
+    from lineguard.kafka import count_messages, ensure_topics
 
     line = _unique_line("big")
     settings.kafka.message_max_bytes = 1024 * 1024
@@ -332,7 +308,7 @@ def test_oversized_frame_refused_then_producer_carries_on(stack, settings: Setti
 
 @pytest.mark.kafka
 def test_run_paces_to_the_target_rate_without_drift(stack, settings: Settings) -> None:
-    from lineguard.kafka_admin import ensure_topics
+    from lineguard.kafka import ensure_topics
 
     line = _unique_line("pace")
     ensure_topics(settings.kafka, [line])
@@ -357,7 +333,7 @@ def test_run_paces_to_the_target_rate_without_drift(stack, settings: Settings) -
 
 @pytest.mark.kafka
 def test_cli_produce_prints_counts(stack, settings: Settings, tmp_path: Path, capsys) -> None:
-    from lineguard.kafka_admin import count_messages
+    from lineguard.kafka import count_messages
 
     line = _unique_line("cli")
     args = _parse(["produce", "--line", line, "--camera", "c9", "--count", "12", "--size", "64",

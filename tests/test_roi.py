@@ -9,7 +9,7 @@ import pytest
 
 from lineguard.analytics.roi import RoiInputs, compute
 from lineguard.components import Component, component_env
-from lineguard.sinks.clickhouse import ChdbStore
+from lineguard.stores import ChdbStore
 
 from sink_fixtures import make_verdicts
 

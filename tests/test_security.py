@@ -25,13 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer
-from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient, ResourcePatternType,
-                                   ResourceType)
+from confluent_kafka import KafkaError
+from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
 from lineguard.config import KafkaConfig
 from lineguard.deploy.stack import LocalStack
-from lineguard.kafka_admin import consumer_config, producer_config
+from lineguard.kafka import admin_client, client_config, consumer_client, consumer_config, producer_client, producer_config
 from lineguard.schemas import Verdict, topics
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -97,7 +96,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _wrong_password_is_refused(stack: SaslStack) -> str:
-    admin = AdminClient({**stack.sasl(PIPELINE_USER, "not-the-password").confluent(), "logger": _quiet()})
+    admin = admin_client(stack.sasl(PIPELINE_USER, "not-the-password"), logger=_quiet())
     try:
         admin.list_topics(timeout=4)
     except Exception as exc:  # noqa: BLE001 - the refusal is what we want to see
@@ -158,7 +157,7 @@ def test_pipeline_over_sasl_scram_and_no_secret_in_any_log(sasl_stack: SaslStack
         assert all(s.alive() for s in sinks), p.logs()
         refusal = _wrong_password_is_refused(stack)
         p.stop_all()
-        from lineguard.sinks.clickhouse import ServerStore
+        from lineguard.stores import ServerStore
 
         store = ServerStore(server.url, database=database)
         try:
@@ -207,10 +206,10 @@ def test_mes_client_reads_only_its_line_verdicts(sasl_stack: SaslStack) -> None:
     tag = uuid.uuid4().hex[:6]
     mine, other = f"mes{tag}-a", f"mes{tag}-b"
     admin_cfg = stack.sasl(PIPELINE_USER, stack.password)
-    from lineguard.kafka_admin import ensure_topics
+    from lineguard.kafka import ensure_topics
 
     ensure_topics(admin_cfg, [mine, other])
-    producer = Producer(producer_config(admin_cfg))
+    producer = producer_client(admin_cfg)
     for line in (mine, other):
         for i in range(3):
             verdict = Verdict(frame_id=uuid.uuid4().hex, line_id=line, camera_id="cam", product="washer", seq=i,
@@ -223,7 +222,7 @@ def test_mes_client_reads_only_its_line_verdicts(sasl_stack: SaslStack) -> None:
     mes_user = f"mes-{mine}"
     mes_password = stack.add_user(mes_user)
     principal = f"User:{mes_user}"
-    admin = AdminClient(admin_cfg.confluent())
+    admin = admin_client(admin_cfg)
     acls = [
         AclBinding(ResourceType.TOPIC, topics.verdicts(mine), ResourcePatternType.LITERAL, principal, "*",
                    AclOperation.READ, AclPermissionType.ALLOW),
@@ -235,7 +234,7 @@ def test_mes_client_reads_only_its_line_verdicts(sasl_stack: SaslStack) -> None:
     mes = stack.sasl(mes_user, mes_password)
 
     def read(line: str, seconds: float = 20.0) -> tuple[list[Verdict], set[int]]:
-        consumer = Consumer({**consumer_config(mes, f"{mes_user}-{uuid.uuid4().hex[:4]}"), "logger": _quiet()})
+        consumer = consumer_client(mes, f"{mes_user}-{uuid.uuid4().hex[:4]}", logger=_quiet())
         consumer.subscribe([topics.verdicts(line)])
         got, errors = [], set()
         deadline = time.monotonic() + seconds
@@ -259,7 +258,7 @@ def test_mes_client_reads_only_its_line_verdicts(sasl_stack: SaslStack) -> None:
     assert not got and KafkaError.TOPIC_AUTHORIZATION_FAILED in errors
 
     failures: list[KafkaError] = []
-    mes_producer = Producer({**producer_config(mes), "logger": _quiet(), "message.timeout.ms": 10_000})
+    mes_producer = producer_client(mes, logger=_quiet(), **{"message.timeout.ms": 10_000})
     mes_producer.produce(topics.verdicts(mine), value=b"forged", on_delivery=lambda err, _m: failures.append(err))
     mes_producer.flush(20)
     assert failures and failures[0] is not None
@@ -280,7 +279,7 @@ def test_tls_and_sasl_settings_reach_every_client(tmp_path: Path, monkeypatch: p
     import faust
 
     from lineguard.config import load_settings
-    from lineguard.processors.app import faust_broker_settings
+    from lineguard.kafka import faust_broker_settings, ssl_context
 
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -300,14 +299,14 @@ def test_tls_and_sasl_settings_reach_every_client(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("LINEGUARD_STATE_DIR", str(tmp_path / "state"))
     settings = load_settings()
     kafka = settings.kafka
-    for conf in (consumer_config(kafka, "g"), producer_config(kafka), kafka.confluent()):
+    for conf in (consumer_config(kafka, "g"), producer_config(kafka), client_config(kafka)):
         assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.mechanism"] == "SCRAM-SHA-512"
         assert conf["sasl.username"] == "proc" and conf["sasl.password"] == "file-secret"
         assert conf["ssl.ca.location"] == str(cert) and conf["ssl.certificate.location"] == str(cert)
         assert conf["ssl.key.location"] == str(key)
-    context = kafka.ssl_context()
+    context = ssl_context(kafka)
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
-    credentials = faust_broker_settings(settings)["broker_credentials"]
+    credentials = faust_broker_settings(kafka)["broker_credentials"]
     assert isinstance(credentials, faust.SASLCredentials)
     assert credentials.protocol.value == "SASL_SSL" and credentials.mechanism.value == "SCRAM-SHA-512"
     assert credentials.username == "proc" and credentials.password == "file-secret"

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lineguard.sinks.clickhouse import ChdbPathInUseError, ChdbStore, VerdictStore
+from lineguard.schemas import Verdict
+from lineguard.stores import VERDICT_COLUMNS, ChdbPathInUseError, ChdbStore, VerdictStore, verdict_row
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file
 from sink_fixtures import HOUR_NS, chdb_http_url, make_verdicts, verdict_store  # noqa: E402,F401
@@ -53,6 +54,30 @@ def test_create_schema_is_idempotent_and_has_the_replacing_layout(verdict_store:
     for field in dataclasses.fields(make_verdicts(1)[0]):
         assert field.name in columns, f"Verdict field {field.name} has no column"
     assert columns["captured_at"] == columns["scored_at"] == "DateTime64(6, 'UTC')"
+
+
+def test_insert_columns_are_verdicts_fields_and_the_tables_plain_columns(verdict_store: VerdictStore) -> None:
+    """Adding a Verdict field without its column (or a column without its field) fails here."""
+    assert VERDICT_COLUMNS == tuple(field.name for field in dataclasses.fields(Verdict))
+    plain_columns = [
+        row["name"]
+        for row in verdict_store.query(
+            "SELECT name FROM system.columns WHERE database = {db:String} AND table = 'verdicts' "
+            "AND default_kind = '' ORDER BY position",
+            {"db": verdict_store.database},
+        )
+    ]
+    assert tuple(plain_columns) == VERDICT_COLUMNS
+
+
+def test_verdict_row_hands_the_clients_plain_python_values() -> None:
+    verdict = dataclasses.replace(
+        make_verdicts(1)[0], seq=np.int64(7), score=np.float32(0.5), is_defective=np.bool_(True), heatmap_key=None
+    )
+    row = dict(zip(VERDICT_COLUMNS, verdict_row(verdict)))
+    assert row == dataclasses.asdict(verdict)
+    assert type(row["seq"]) is int and type(row["score"]) is float and type(row["is_defective"]) is bool
+    assert row["heatmap_key"] is None
 
 
 def test_inserted_verdicts_read_back_field_for_field(verdict_store: VerdictStore) -> None:
@@ -165,7 +190,7 @@ def test_non_finite_floats_survive_the_round_trip(verdict_store: VerdictStore) -
 
 def test_open_store_follows_the_settings(tmp_path: Path, chdb_http_url: str) -> None:  # noqa: F811
     from lineguard.config import Settings
-    from lineguard.sinks.clickhouse import ServerStore, open_store
+    from lineguard.stores import ServerStore, open_store
 
     settings = Settings(state_dir=tmp_path / "state")
     store = open_store(settings)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lineguard.schemas import SchemaError, topics
-from lineguard.sinks.heatmaps import LocalFolderStore, S3Store, check_key
+from lineguard.stores import LocalFolderStore, S3Store, check_key
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png, but bytes are bytes"
 

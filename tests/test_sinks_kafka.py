@@ -6,6 +6,7 @@ so tests neither see each other's messages nor each other's committed offsets.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -15,13 +16,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
 
-from lineguard import kafka_admin
+from lineguard import kafka as kafka_admin
 from lineguard.config import Settings
 from lineguard.schemas import DeadLetter, Heatmap, Verdict, topics
-from lineguard.sinks.clickhouse import ChdbStore, ClickHouseSink, VerdictStore
-from lineguard.sinks.heatmaps import HeatmapSink, S3Store, open_object_store
+from lineguard.sinks.clickhouse import ClickHouseWriter
+from lineguard.sinks.heatmaps import HeatmapWriter
+from lineguard.sinks.runner import SinkRunner
+from lineguard.stores import ChdbStore, S3Store, VerdictStore, open_object_store
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file
 from sink_fixtures import chdb_http_url, make_verdicts, verdict_store  # noqa: E402,F401
@@ -42,7 +44,7 @@ def _group(kind: str) -> str:
 
 def _produce(settings: Settings, messages: list[tuple[str, bytes | None, bytes]]) -> None:
     """(topic, key, value) triples, flushed before returning."""
-    producer = Producer(kafka_admin.producer_config(settings.kafka))
+    producer = kafka_admin.producer_client(settings.kafka)
     failures: list[str] = []
     for topic, key, value in messages:
         producer.produce(topic, value=value, key=key,
@@ -61,16 +63,7 @@ def _committed(settings: Settings, group: str, topic_names: list[str]) -> dict[t
     """The group's committed offsets (negative: nothing committed), read without joining it.
 
     An empty partition never gets a commit; the comparisons below use :func:`_fully_committed`."""
-    consumer = Consumer(kafka_admin.consumer_config(settings.kafka, group))
-    try:
-        wanted = [
-            TopicPartition(name, p)
-            for name in topic_names
-            for p in consumer.list_topics(name, timeout=10).topics[name].partitions
-        ]
-        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(wanted, timeout=10)}
-    finally:
-        consumer.close()
+    return kafka_admin.committed_offsets(settings.kafka, group, topic_names)
 
 
 def _fully_committed(settings: Settings, group: str, topic_names: list[str]) -> bool:
@@ -90,25 +83,8 @@ def _end_offsets(settings: Settings, topic_names: list[str]) -> dict[tuple[str, 
 
 def _dead_letters_from(settings: Settings, source_topics: set[str]) -> list[DeadLetter]:
     """Every dead letter whose source is one of ``source_topics`` (the topic is shared)."""
-    consumer = Consumer(kafka_admin.consumer_config(settings.kafka, f"dlq-reader-{uuid.uuid4().hex}"))
-    end = kafka_admin.count_messages(settings.kafka, topics.DEADLETTER)
-    consumer.subscribe([topics.DEADLETTER])
-    found: list[DeadLetter] = []
-    seen = 0
-    deadline = time.monotonic() + 30
-    try:
-        while seen < end and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            seen += 1
-            record = DeadLetter.decode(msg.value())
-            if record.source_topic in source_topics:
-                found.append(record)
-    finally:
-        consumer.close()
-    assert seen >= end, "could not read the whole dead-letter topic"
-    return found
+    letters = (DeadLetter.decode(r.value) for r in kafka_admin.read_topic(settings.kafka, topics.DEADLETTER, 30))
+    return [letter for letter in letters if letter.source_topic in source_topics]
 
 
 @pytest.fixture
@@ -132,7 +108,8 @@ def test_clickhouse_sink_writes_collapses_replays_and_dead_letters_garbage(
     group = _group("clickhouse")
     _produce_verdicts(settings, verdicts)
 
-    metrics = ClickHouseSink(settings, verdict_store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+    metrics = SinkRunner(settings, ClickHouseWriter(settings, verdict_store), lines=lines,
+                         group_id=group).run(idle_exit_s=IDLE_S)
     assert (metrics.written, metrics.dead_lettered, metrics.retries) == (200, 0, 0)
     assert verdict_store.count_frames() == 200
     assert _fully_committed(settings, group, verdict_topics)
@@ -142,7 +119,8 @@ def test_clickhouse_sink_writes_collapses_replays_and_dead_letters_garbage(
     garbage = b"\xc1 this is not msgpack"
     _produce_verdicts(settings, verdicts)
     _produce(settings, [(verdict_topics[0], b"cam-x", garbage)])
-    metrics = ClickHouseSink(settings, verdict_store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+    metrics = SinkRunner(settings, ClickHouseWriter(settings, verdict_store), lines=lines,
+                         group_id=group).run(idle_exit_s=IDLE_S)
     assert (metrics.written, metrics.dead_lettered) == (200, 1)
     assert verdict_store.count_frames() == 200  # replays collapsed
     assert _fully_committed(settings, group, verdict_topics)
@@ -190,7 +168,8 @@ def test_failed_writes_are_retried_and_nothing_is_committed_until_they_succeed(
         on_failure=lambda: committed_during_failures.append(_committed(settings, group, verdict_topics)),
     )
     try:
-        metrics = ClickHouseSink(settings, store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+        sink = SinkRunner(settings, ClickHouseWriter(settings, store), lines=lines, group_id=group)
+        metrics = sink.run(idle_exit_s=IDLE_S)
         assert metrics.retries == 3
         assert metrics.written == 50
         assert store.count_frames() == 50
@@ -200,6 +179,43 @@ def test_failed_writes_are_retried_and_nothing_is_committed_until_they_succeed(
         assert _fully_committed(settings, group, verdict_topics)
     finally:
         store.close()
+
+
+def test_rows_the_store_refuses_for_good_are_dead_lettered_and_the_rest_is_written(
+    sink_settings: Settings, tmp_path: Path
+) -> None:
+    """A permanent error (a CHECK constraint ClickHouse enforces: a score above 1) is not retried:
+    the refused verdicts go to the dead-letter topic with the store's reason, every other verdict of
+    the same batches is written, and every offset is committed (each dead letter confirmed first)."""
+    settings = sink_settings  # batches of 64: the refused verdicts fall in different batches
+    lines = _lines(1)
+    kafka_admin.ensure_topics(settings.kafka, lines)
+    verdict_topics = [topics.verdicts(lines[0])]
+    group = _group("clickhouse")
+    refused = {5, 71, 140}
+    verdicts = [dataclasses.replace(v, score=5.0) if i in refused else v
+                for i, v in enumerate(make_verdicts(150, lines=tuple(lines)))]
+    _produce_verdicts(settings, verdicts)
+
+    store = ChdbStore(tmp_path / "chdb")
+    try:
+        writer = ClickHouseWriter(settings, store)  # creates the schema
+        store.execute(f"ALTER TABLE {store.database}.verdicts ADD CONSTRAINT score_in_range CHECK score <= 1")
+        metrics = SinkRunner(settings, writer, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+        assert (metrics.written, metrics.dead_lettered, metrics.retries) == (147, 3, 0)
+        stored = store.query(f"SELECT frame_id FROM {store.database}.verdicts FINAL")
+        assert {row["frame_id"] for row in stored} == {v.frame_id for i, v in enumerate(verdicts) if i not in refused}
+        assert _fully_committed(settings, group, verdict_topics)
+        assert metrics.total_lag == 0
+    finally:
+        store.close()
+
+    dead = _dead_letters_from(settings, set(verdict_topics))
+    assert sorted(d.frame_id for d in dead) == sorted(verdicts[i].frame_id for i in refused)
+    for letter in dead:
+        assert (letter.reason, letter.component, letter.line_id) == ("write_rejected", "sink-clickhouse", lines[0])
+        assert "VIOLATED_CONSTRAINT" in letter.error
+        assert Verdict.decode(letter.raw).score == 5.0  # the message itself, as it came
 
 
 def test_commits_cover_exactly_the_batches_written(sink_settings: Settings, tmp_path: Path) -> None:
@@ -218,7 +234,8 @@ def test_commits_cover_exactly_the_batches_written(sink_settings: Settings, tmp_
         on_failure=lambda: committed_during_failures.append(_committed(settings, group, verdict_topics)),
     )
     try:
-        metrics = ClickHouseSink(settings, store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+        sink = SinkRunner(settings, ClickHouseWriter(settings, store), lines=lines, group_id=group)
+        metrics = sink.run(idle_exit_s=IDLE_S)
         assert (metrics.retries, metrics.written) == (2, 50)
         assert store.count_frames() == 50
         # While batch 2 was failing, exactly batch 1's 20 messages were committed.
@@ -238,7 +255,7 @@ def test_stop_while_the_store_is_down_commits_nothing(sink_settings: Settings, t
 
     store = FlakyChdbStore(tmp_path / "chdb", fail_calls=set(range(1, 10_000)))
     stop = threading.Event()
-    sink = ClickHouseSink(settings, store, lines=lines, group_id=group)
+    sink = SinkRunner(settings, ClickHouseWriter(settings, store), lines=lines, group_id=group)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(m=sink.run(stop_event=stop)))
     try:
@@ -259,21 +276,23 @@ def test_stop_while_the_store_is_down_commits_nothing(sink_settings: Settings, t
         store.close()
 
 
-def _one_line_sink(settings: Settings, sink_class: type[ClickHouseSink], tmp_path: Path):  # noqa: ANN202
-    """A sink of ``sink_class`` on one new line, its own group and a chdb store, with 20 of 40
-    verdicts already produced: (sink, store, stop event, runner thread not started, the 40 verdicts)."""
+def _one_line_sink(settings: Settings, tmp_path: Path, runner_class: type[SinkRunner] = SinkRunner,  # noqa: ANN202
+                   writer_class: type[ClickHouseWriter] = ClickHouseWriter):
+    """A ``runner_class`` sink running a ``writer_class`` on one new line, its own group and a chdb
+    store, with 20 of 40 verdicts already produced: (sink, store, stop event, runner thread not
+    started, the 40 verdicts)."""
     lines = _lines(1)
     kafka_admin.ensure_topics(settings.kafka, lines)
     verdicts = make_verdicts(40, lines=tuple(lines))
     _produce_verdicts(settings, verdicts[:20])
     store = ChdbStore(tmp_path / "chdb")
     stop = threading.Event()
-    sink = sink_class(settings, store, lines=lines, group_id=_group("clickhouse"))
+    sink = runner_class(settings, writer_class(settings, store), lines=lines, group_id=_group("clickhouse"))
     runner = threading.Thread(target=lambda: sink.run(stop_event=stop))
     return sink, store, stop, runner, verdicts
 
 
-class _UnsubscribingSink(ClickHouseSink):
+class _UnsubscribingRunner(SinkRunner):
     """Once ``strike`` is set, its consumer unsubscribes in the sink's own loop (librdkafka serves
     rebalances on the polling thread): revoked, and no assignment will ever come to it."""
 
@@ -283,7 +302,7 @@ class _UnsubscribingSink(ClickHouseSink):
 
     def _maybe_measure_lag(self) -> None:
         if self.strike.is_set() and not self.struck.is_set():
-            self._consumer.unsubscribe()
+            self.member.consumer.unsubscribe()
             self.struck.set()
         super()._maybe_measure_lag()
 
@@ -295,7 +314,7 @@ def test_a_consumer_left_without_an_assignment_is_replaced(sink_settings: Settin
     each message once."""
     settings = sink_settings
     settings.sinks.rejoin_timeout_s = 3.0
-    sink, store, stop, runner, verdicts = _one_line_sink(settings, _UnsubscribingSink, tmp_path)
+    sink, store, stop, runner, verdicts = _one_line_sink(settings, tmp_path, runner_class=_UnsubscribingRunner)
     group, verdict_topics = sink.group_id, sink.subscription
     try:
         runner.start()
@@ -321,7 +340,7 @@ def test_a_consumer_left_without_an_assignment_is_replaced(sink_settings: Settin
         store.close()
 
 
-class _GatedSink(ClickHouseSink):
+class _GatedWriter(ClickHouseWriter):
     """Its second write waits for ``go`` (and says so with ``writing``), so the test can make the
     group coordinator stop answering right before that batch's commit is sent."""
 
@@ -347,7 +366,7 @@ def test_a_consumer_whose_commits_go_unanswered_is_replaced(
     replace the consumer, and after the thaw every message is stored once and committed."""
     settings = sink_settings
     settings.sinks.rejoin_timeout_s = 3.0
-    sink, store, stop, runner, verdicts = _one_line_sink(settings, _GatedSink, tmp_path)
+    sink, store, stop, runner, verdicts = _one_line_sink(settings, tmp_path, writer_class=_GatedWriter)
     group, verdict_topics = sink.group_id, sink.subscription
     broker = stack.local.running("kafka")
     assert broker is not None
@@ -360,11 +379,11 @@ def test_a_consumer_whose_commits_go_unanswered_is_replaced(
             time.sleep(0.1)
         assert sink.metrics.written == 20
         _produce_verdicts(settings, verdicts[20:])
-        assert sink.writing.wait(30)
+        assert sink.writer.writing.wait(30)
         os.kill(broker, signal.SIGSTOP)
         frozen_at = time.monotonic()
         try:
-            sink.go.set()
+            sink.writer.go.set()
             while sink.metrics.reopens == 0 and time.monotonic() - frozen_at < 20:
                 time.sleep(0.1)
             frozen_for = time.monotonic() - frozen_at
@@ -380,7 +399,7 @@ def test_a_consumer_whose_commits_go_unanswered_is_replaced(
         print(f"after the thaw: written={sink.metrics.written} (replays collapse), all offsets committed")
         assert sink.metrics.written >= 40
     finally:
-        sink.go.set()
+        sink.writer.go.set()
         stop.set()
         runner.join(timeout=60)
     assert not runner.is_alive()
@@ -414,7 +433,7 @@ def test_heatmap_sink_stores_pngs_in_s3_under_their_keys(sink_settings: Settings
     assert isinstance(store, S3Store)
     bucket = settings.sinks.object_store.bucket
     group = _group("heatmaps")
-    metrics = HeatmapSink(settings, store, lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
+    metrics = SinkRunner(settings, HeatmapWriter(settings, store), lines=lines, group_id=group).run(idle_exit_s=IDLE_S)
     assert (metrics.written, metrics.dead_lettered) == (30, 1)
 
     client = Minio(stack.s3_endpoint.split("://")[-1], access_key=stack.s3_access_key,
@@ -429,7 +448,8 @@ def test_heatmap_sink_stores_pngs_in_s3_under_their_keys(sink_settings: Settings
     assert [(d.reason, d.component) for d in dead] == [("invalid_field", "sink-heatmaps")]
 
     # Replay: the same messages again overwrite the same keys, nothing new appears.
-    metrics = HeatmapSink(settings, store, lines=lines, group_id=_group("heatmaps")).run(idle_exit_s=IDLE_S)
+    metrics = SinkRunner(settings, HeatmapWriter(settings, store), lines=lines,
+                         group_id=_group("heatmaps")).run(idle_exit_s=IDLE_S)
     assert metrics.written == 30
     assert {o.object_name for o in client.list_objects(bucket, recursive=True)} == stored
 
@@ -480,8 +500,8 @@ def test_rebalance_flushes_and_commits_before_partitions_move(sink_settings: Set
     _produce_verdicts(settings, make_verdicts(600, lines=tuple(lines)))
 
     store = SlowChdbStore(tmp_path / "chdb")  # chdb sessions are thread-safe; both sinks share it
-    first = ClickHouseSink(settings, store, lines=lines, group_id=group)
-    second = ClickHouseSink(settings, store, lines=lines, group_id=group)
+    first = SinkRunner(settings, ClickHouseWriter(settings, store), lines=lines, group_id=group)
+    second = SinkRunner(settings, ClickHouseWriter(settings, store), lines=lines, group_id=group)
     results: dict[str, object] = {}
     threads = [threading.Thread(target=lambda: results.update(first=first.run(idle_exit_s=IDLE_S)))]
     try:

@@ -1,4 +1,4 @@
-"""The local stack and lineguard.kafka_admin against the real broker and S3 server."""
+"""The local stack and lineguard.kafka against the real broker and S3 server."""
 
 from __future__ import annotations
 
@@ -12,17 +12,19 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import ConfigResource
 from minio import Minio
 
 from lineguard.config import Settings, load_settings
 from lineguard.deploy.stack import LocalStack, StackError
-from lineguard.kafka_admin import (
-    consumer_config,
+from lineguard.kafka import (
+    admin_client,
+    client_config,
+    consumer_client,
     count_messages,
     ensure_topics,
-    producer_config,
+    producer_client,
     topic_end_offsets,
     topic_max_message_bytes,
 )
@@ -33,7 +35,7 @@ MiB = 1024 * 1024
 
 
 def _produce(settings: Settings, topic: str, values: list[bytes], **extra: object) -> None:
-    producer = Producer(producer_config(settings.kafka, **extra))
+    producer = producer_client(settings.kafka, **extra)
     errors: list[KafkaError] = []
     try:
         for value in values:
@@ -46,7 +48,7 @@ def _produce(settings: Settings, topic: str, values: list[bytes], **extra: objec
 
 
 def _consume(settings: Settings, topic: str, count: int, timeout_s: float = 60.0) -> list[bytes]:
-    consumer = Consumer(consumer_config(settings.kafka, f"test-{uuid.uuid4().hex}"))
+    consumer = consumer_client(settings.kafka, f"test-{uuid.uuid4().hex}")
     try:
         consumer.subscribe([topic])
         values: list[bytes] = []
@@ -104,7 +106,7 @@ def test_ensure_topics_creates_every_topic_with_limits(settings: Settings) -> No
     per_line = {name for line in lines for name in (topics.frames(line), topics.verdicts(line), topics.heatmaps(line))}
     assert per_line <= set(created)
 
-    admin = AdminClient(settings.kafka.confluent())
+    admin = admin_client(settings.kafka)
     metadata = admin.list_topics(timeout=10)
     assert topics.DEADLETTER in metadata.topics
     for line in lines:
@@ -144,15 +146,15 @@ def test_a_message_at_the_configured_limit_passes_every_hop(settings: Settings) 
 
 
 def test_default_client_limits_would_refuse_a_frame(settings: Settings) -> None:
-    """Why producer_config exists: librdkafka's 1 MB default refuses a 5 MB frame outright."""
+    """Why producer_config raises the limit: librdkafka's 1 MB default refuses a 5 MB frame outright."""
     line = settings.processor.lines[0]
     ensure_topics(settings.kafka, [line])
-    plain = Producer(settings.kafka.confluent())
+    plain = Producer(client_config(settings.kafka))  # librdkafka's defaults, on purpose
     with pytest.raises(KafkaException) as raised:
         plain.produce(topics.frames(line), os.urandom(5 * MiB))
     assert raised.value.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
     # And the raised limit still refuses anything above message_max_bytes, before the broker.
-    raised_producer = Producer(producer_config(settings.kafka))
+    raised_producer = producer_client(settings.kafka)
     with pytest.raises(KafkaException) as too_big:
         raised_producer.produce(topics.frames(line), b"x" * (settings.kafka.message_max_bytes + 1))
     assert too_big.value.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
@@ -162,7 +164,7 @@ def test_count_messages_sums_every_partition(settings: Settings) -> None:
     line = settings.processor.lines[1]
     ensure_topics(settings.kafka, [line])
     topic = topics.verdicts(line)
-    producer = Producer(producer_config(settings.kafka))
+    producer = producer_client(settings.kafka)
     for partition in range(settings.kafka.frame_partitions):
         for i in range(partition + 2):
             producer.produce(topic, f"v{i}".encode(), partition=partition)
@@ -228,3 +230,5 @@ def test_missing_tools_give_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(StackError) as no_s3:
         fresh.up(with_s3=False)  # without S3, Go is not needed
     assert "`go`" not in str(no_s3.value)
+
+

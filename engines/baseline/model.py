@@ -20,7 +20,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..base import AnomalyModel
-from ..runtime import preprocess
 
 BLUR = 9  # box-blur size: suppresses single-pixel sensor noise, keeps defects of a few pixels
 
@@ -44,16 +43,10 @@ class BaselineModel(AnomalyModel):
         self.mu: np.ndarray | None = None
         self.sigma: np.ndarray | None = None
 
-    def _tensor(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        from ..manifest import Manifest, Thresholds
-
-        spec = Manifest(kind=self.kind, name="", version="", input=self.input, thresholds=Thresholds(0.0, ""))
-        return preprocess(images, spec)
-
     def fit(self, images: Sequence[np.ndarray]) -> "BaselineModel":
         if len(images) < 2:
             raise ValueError("the baseline needs at least 2 normal images")
-        x = self._tensor(images).astype(np.float64)
+        x = self.preprocess(images).astype(np.float64)
         self.mu = x.mean(axis=0, keepdims=True).astype(np.float32)
         # Floor sigma: pixels that never vary must not turn every tiny change into a defect.
         self.sigma = np.maximum(x.std(axis=0, keepdims=True), 0.02).astype(np.float32)
@@ -66,7 +59,7 @@ class BaselineModel(AnomalyModel):
         return maps.reshape(len(maps), -1).max(axis=1), maps
 
     def score(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        return self.score_tensor(self._tensor(images))
+        return self.score_tensor(self.preprocess(images))
 
     def export_onnx(self, path: Path) -> None:
         assert self.mu is not None and self.sigma is not None, "fit() first"

@@ -1,68 +1,24 @@
-"""EfficientAD-S training: teacher, student + autoencoder loop, map calibration, ONNX export.
-
-``build_model(**options)`` is what ``lineguard train --model efficientad``
-calls (see :data:`lineguard.engines.training.MODEL_FACTORIES`). Options (all
-``--option key=value``):
-
-=================  ==========================  ===============================================
-option             default                     meaning
-=================  ==========================  ===============================================
-input_size         (256, 256)                  square side divisible by 32 (``--size``)
-backbone           efficientnet_lite0          offline backbone the teacher comes from
-teacher            backbone                    ``backbone``: frozen backbone cut at stride 4/8
-                                               (option b); ``distilled``: PDN-S distilled from
-                                               the backbone on the training images (option a)
-teacher_layers     (see TEACHER_LAYERS)        backbone layers making the teacher features
-weights_path       none                        backbone weight file (else the installed package's)
-channels           384                         distilled teacher width: the target's feature dims
-                                               are average-pooled to it when there are more
-steps              1000                        student/autoencoder optimiser steps
-distill_steps      1000                        teacher distillation steps (``distilled`` only)
-batch_size         1                           images per step (the paper uses 1)
-lr, weight_decay   1e-4, 1e-5                  Adam; lr x0.1 for the last 5% of steps
-distill_lr         1e-4                        Adam lr of the teacher distillation
-hard_quantile      0.999                       student loss = mean distance above this quantile
-single_pass        true                        ST loss on the augmented image too: one teacher +
-                                               one student pass per step instead of two
-crop_size          128                         student/teacher loss on a random crop of this side
-                                               (the AE still sees the whole image); 0: whole image
-norm_images        64                          images for the teacher channel mean/std
-val_fraction       0.1                         normal images held out for the map quantiles
-checkpoint_dir     none                        save every ``checkpoint_every`` steps, resume
-checkpoint_every   100
-progress           true                        tqdm bar
-seed               0
-=================  ==========================  ===============================================
-
-Departures from the paper, each forced by what is reachable offline (see README.md): the
-teacher is not a PDN distilled from WideResNet-101 on ImageNet, and the ImageNet penalty
-term of the student loss is dropped (no ImageNet images here).
+"""EfficientAD-S training: the teacher (frozen backbone or distilled PDN), the student + autoencoder loop,
+resumable checkpoints. :class:`~.model.EfficientAD` calls :class:`EfficientAdTrainer` from ``fit``; its
+docstring lists the options and the departures from the paper.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..base import AnomalyModel
-from ..manifest import Manifest, Thresholds
-from ..runtime import preprocess
-from .anomaly_map import map_quantiles
-from .torch_model import BackboneTeacher, EfficientAdModel, PDNSmall, count_conv_flops, pdn_output_size
-
-log = logging.getLogger(__name__)
+from .torch_model import BackboneTeacher, EfficientAdModel, PDNSmall, pdn_output_size
 
 HARD_QUANTILE = 0.999  # only the hardest 0.1% of student-teacher distances drive the student
 CHECKPOINT_FILE = "efficientad.pt"
@@ -138,44 +94,22 @@ def _config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class EfficientAdTrainer:
+    """Fits the networks of an :class:`EfficientAdModel` on uint8 ``N x 3 x size x size`` normal images."""
 
-
-class _Scorer(nn.Module):
-    """The exported graph: image -> (score, anomaly_map); one output name per ONNX output."""
-
-    def __init__(self, model: EfficientAdModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(image)
-
-
-class EfficientAD(AnomalyModel):
-    kind = "efficientad"
-
-    def __init__(self, input_size: Sequence[int] = (256, 256), backbone: str = "efficientnet_lite0",
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], backbone: str, *,
                  teacher: str = "backbone", teacher_layers: Sequence[str] | None = None, channels: int = 384,
                  steps: int = 1000, distill_steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
                  distill_lr: float = 1e-4, hard_quantile: float = HARD_QUANTILE,
                  weight_decay: float = 1e-5, single_pass: bool = True, crop_size: int = 128,
-                 val_fraction: float = 0.1, checkpoint_dir: str | None = None, checkpoint_every: int = 100,
+                 checkpoint_dir: str | None = None, checkpoint_every: int = 100,
                  progress: bool = True, seed: int = 0, norm_images: int = 64,
                  weights_path: str | None = None) -> None:
-        from ..common.backbones import get_spec
-
-        size = tuple(int(v) for v in (input_size if isinstance(input_size, (list, tuple)) else (input_size,) * 2))
-        if size[0] != size[1]:
-            raise ValueError(f"EfficientAD needs a square input, got {size}")
         if teacher not in ("backbone", "distilled"):
             raise ValueError(f"teacher must be 'backbone' or 'distilled', got {teacher!r}")
-        spec = get_spec(backbone)  # the input normalisation the backbone was trained with
-        super().__init__(size, spec.mean, spec.std)
-        self.size = size[0]
+        self.size = int(size)
+        self.mean = torch.tensor(list(mean)).view(1, 3, 1, 1)
+        self.std = torch.tensor(list(std)).view(1, 3, 1, 1)
         self.backbone_name = backbone
         self.weights_path = weights_path
         self.teacher_kind = teacher
@@ -195,7 +129,6 @@ class EfficientAD(AnomalyModel):
         self.crop_size = int(crop_size) if 64 <= int(crop_size) < self.size else 0
         if self.crop_size % 4:
             raise ValueError(f"crop_size must be a multiple of 4 (the PDN stride), got {crop_size}")
-        self.val_fraction = float(val_fraction)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.progress = bool(progress)
@@ -205,7 +138,7 @@ class EfficientAD(AnomalyModel):
         self.backbone_info: dict[str, Any] | None = None
         self.manifest_extra: dict[str, Any] = {}
         self._distilled_state: dict[str, Any] = {}
-        self.start_step = 0  # where the last fit() began (after a resume: the checkpoint's step)
+        self.start_step = 0  # where the last train() began (after a resume: the checkpoint's step)
 
     # ------------------------------------------------------------------ helpers
     def _config(self) -> dict[str, Any]:
@@ -217,14 +150,9 @@ class EfficientAD(AnomalyModel):
                 "seed": self.seed, "distill_steps": self.distill_steps if self.teacher_kind == "distilled" else 0,
                 "distill_lr": self.distill_lr if self.teacher_kind == "distilled" else 0}
 
-    def _to_input(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        spec = Manifest(kind=self.kind, name="", version="", input=self.input, thresholds=Thresholds(0.0, ""))
-        return torch.from_numpy(preprocess(list(images), spec))
-
     def _normalise(self, x01: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.input.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.input.std).view(1, 3, 1, 1)
-        return (x01 - mean) / std
+        """[0, 1] images -> the backbone's input normalisation (as the exported graph's preprocessing)."""
+        return (x01 - self.mean) / self.std
 
     def _batch01(self, data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x H x W rows -> float [0, 1]."""
@@ -246,8 +174,11 @@ class EfficientAD(AnomalyModel):
         if self.checkpoint_dir is None:
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = dict(state, config=self._config(), config_digest=_config_digest(self._config()))
-        _atomic_save(state, self.checkpoint_dir / CHECKPOINT_FILE)
+        path = self.checkpoint_dir / CHECKPOINT_FILE
+        # Written aside, then renamed: a run killed mid-save keeps its previous checkpoint.
+        torch.save(dict(state, config=self._config(), config_digest=_config_digest(self._config())),
+                   path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
 
     # ------------------------------------------------------------------ teacher
     def _build_teacher(self, data: torch.Tensor, state: dict[str, Any] | None) -> nn.Module:
@@ -372,19 +303,12 @@ class EfficientAD(AnomalyModel):
         std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
         return mean.float().view(1, -1, 1, 1), std.clamp_min(1e-6).float().view(1, -1, 1, 1)
 
-    # ------------------------------------------------------------------ fit
-    def fit(self, images: Sequence[np.ndarray]) -> "EfficientAD":
-        if len(images) < 2:
-            raise ValueError("EfficientAD needs at least 2 normal images (training + validation)")
+    # ------------------------------------------------------------------ train
+    def train(self, data: torch.Tensor) -> EfficientAdModel:
+        """The teacher, then the student and autoencoder (resuming from ``checkpoint_dir`` if it holds a run
+        with the same options); the returned model still needs its map quantiles."""
         torch.manual_seed(self.seed)
         started = time.perf_counter()
-        order = np.random.default_rng(self.seed).permutation(len(images))
-        n_val = min(len(images) - 1, max(1, int(round(len(images) * self.val_fraction))))
-        val = [images[i] for i in sorted(order[:n_val])]
-        train = [images[i] for i in sorted(order[n_val:])]
-        # uint8 keeps the whole training set small (666 x 256 x 256 x 3 = 131 MB).
-        data = torch.from_numpy(np.stack([self._resized(im) for im in train])).permute(0, 3, 1, 2).contiguous()
-
         state = self._load_checkpoint()
         teacher = self._build_teacher(data, state)
         model = EfficientAdModel(teacher, self._teacher_channels(teacher, data), self.size)
@@ -398,37 +322,15 @@ class EfficientAD(AnomalyModel):
 
         self.model = model
         self._train_loop(data, state)
-        train_s = time.perf_counter() - started - teacher_s
-
-        model.eval()
-        maps_st, maps_ae = [], []
-        with torch.no_grad():
-            for i in range(0, len(val), 8):
-                st, ae = model.raw_maps(self._to_input(val[i:i + 8]))
-                maps_st.append(st)
-                maps_ae.append(ae)
-        model.quantiles_st.copy_(map_quantiles(torch.cat(maps_st)))
-        model.quantiles_ae.copy_(map_quantiles(torch.cat(maps_ae)))
         self.manifest_extra.update({
             "teacher": self.teacher_kind, "steps": self.steps, "batch_size": self.batch_size,
             "distill_steps": self.distill_steps if self.teacher_kind == "distilled" else 0,
             "single_pass": self.single_pass, "crop_size": self.crop_size, "lr": self.lr,
-            "hard_quantile": self.hard_quantile, "n_train": len(train), "n_quantile_val": len(val),
-            "quantiles_st": model.quantiles_st.tolist(), "quantiles_ae": model.quantiles_ae.tolist(),
-            "teacher_seconds": round(teacher_s, 1), "train_seconds": round(train_s, 1),
-            "gflops_per_image": round(count_conv_flops(model, self.size) / 1e9, 3),
-            "penalty": "dropped (no ImageNet images offline)",
+            "hard_quantile": self.hard_quantile,
+            "teacher_seconds": round(teacher_s, 1),
+            "train_seconds": round(time.perf_counter() - started - teacher_s, 1),
         })
-        return self
-
-    def _resized(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.shape[:2] != (self.size, self.size):
-            import cv2
-
-            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(image, dtype=np.uint8)
+        return model
 
     def _teacher_channels(self, teacher: nn.Module, data: torch.Tensor) -> int:
         with torch.no_grad():
@@ -494,27 +396,3 @@ class EfficientAD(AnomalyModel):
         self.manifest_extra["final_losses"] = {k: round(v, 5) for k, v in avg.items()}
         model.eval()
 
-    # ------------------------------------------------------------------ score / export
-    def score_tensor(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        assert self.model is not None, "fit() first"
-        self.model.eval()
-        with torch.no_grad():
-            scores, maps = self.model(x)
-        return scores.numpy(), maps.numpy()
-
-    def score(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        return self.score_tensor(self._to_input(images))
-
-    def export_onnx(self, path: Path) -> None:
-        assert self.model is not None, "fit() first"
-        self.model.eval()
-        dummy = torch.zeros(2, 3, self.size, self.size)
-        torch.onnx.export(
-            _Scorer(self.model), (dummy,), str(path), input_names=["image"],
-            output_names=["score", "anomaly_map"], opset_version=17, dynamo=False,
-            dynamic_axes={"image": {0: "N"}, "score": {0: "N"}, "anomaly_map": {0: "N"}},
-        )
-
-
-def build_model(**options: Any) -> EfficientAD:
-    return EfficientAD(**options)

@@ -2,5 +2,6 @@
 
 * :mod:`.torch_model` - the network (features, nearest-neighbour scoring), exported whole to ONNX.
 * :mod:`.anomaly_map` - patch scores -> upsampled, Gaussian-smoothed pixel map.
-* :mod:`.train` - fitting (feature collection + coreset), export, ``build_model`` for ``lineguard train``.
+* :mod:`.model` - the model class: fitting (feature collection + coreset), export, ``build_model`` for
+  ``lineguard train``.
 """

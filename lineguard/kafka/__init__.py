@@ -1,30 +1,56 @@
-"""One Kafka package: configuration -> clients, admin, offsets and lag.
+"""One Kafka package: settings -> clients (confluent-kafka and faust/aiokafka), topics,
+offsets and lag, and reading a topic through to its end.
 
 Import from ``lineguard.kafka``; the submodules are an implementation detail.
 """
 
-from lineguard.kafka.admin import (
-    topic_max_message_bytes,
-    producer_config,
-    consumer_config,
+from lineguard.kafka.admin import ensure_topics
+from lineguard.kafka.clients import (
+    FRAMING_HEADROOM_BYTES,
+    SizeLimits,
     admin_client,
-    ensure_topics,
-    topic_end_offsets,
+    client_config,
+    consumer_client,
+    consumer_config,
+    faust_broker_settings,
+    producer_client,
+    producer_config,
+    size_limits,
+    ssl_context,
+    topic_max_message_bytes,
+)
+from lineguard.kafka.offsets import (
+    LagProbe,
+    LagTracker,
+    committed_offsets,
     count_messages,
     group_lag,
-    LagProbe,
-    FRAMING_HEADROOM_BYTES,
+    topic_end_offsets,
+    watermarks,
 )
+from lineguard.kafka.read import Record, read_topic
 
 __all__ = [
-    "topic_max_message_bytes",
-    "producer_config",
-    "consumer_config",
-    "admin_client",
-    "ensure_topics",
-    "topic_end_offsets",
-    "count_messages",
-    "group_lag",
-    "LagProbe",
     "FRAMING_HEADROOM_BYTES",
+    "LagProbe",
+    "LagTracker",
+    "Record",
+    "SizeLimits",
+    "admin_client",
+    "client_config",
+    "committed_offsets",
+    "consumer_client",
+    "consumer_config",
+    "count_messages",
+    "ensure_topics",
+    "faust_broker_settings",
+    "group_lag",
+    "producer_client",
+    "producer_config",
+    "read_topic",
+    "size_limits",
+    "ssl_context",
+    "topic_end_offsets",
+    "topic_max_message_bytes",
+    "watermarks",
 ]

@@ -1,4 +1,4 @@
-"""Anomaly-detection metrics, numpy + scipy only (no sklearn at run time).
+"""Evaluation metrics of anomaly detection (``lineguard eval``, the benchmarks); numpy + scipy only.
 
 * :func:`auroc` - area under the ROC curve (image- or pixel-level), exact,
   via the Mann-Whitney rank statistic (ties count one half).

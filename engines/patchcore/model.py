@@ -1,4 +1,4 @@
-"""Fitting PatchCore and exporting it: the :class:`AnomalyModel` that ``lineguard train --model patchcore`` builds.
+"""The PatchCore model class: the :class:`AnomalyModel` that ``lineguard train --model patchcore`` builds.
 
 Fitting has no gradient steps: run the frozen backbone over every normal
 image (through ONNX Runtime, for speed), keep all patch features, then
@@ -21,12 +21,10 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -35,8 +33,7 @@ from tqdm import tqdm
 from ..base import AnomalyModel
 from ..common.backbones import BACKBONES, backbone_info, get_spec, load_backbone
 from ..common.coreset import DEFAULT_PROJECTION_DIM, coreset_size, greedy_coreset
-from ..manifest import Manifest, Thresholds
-from ..runtime import preprocess
+from ..common.onnx_export import export_graph
 from .torch_model import PatchcoreModel
 
 log = logging.getLogger(__name__)
@@ -44,7 +41,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BACKBONE = "mobilenet_v2"
 DEFAULT_INPUT_SIZE = (256, 256)
 DEFAULT_CORESET_RATIO = 0.01  # the paper's ablation: 1% loses almost nothing
-ONNX_OPSET = 17
 
 
 class PatchCore(AnomalyModel):
@@ -80,20 +76,12 @@ class PatchCore(AnomalyModel):
             "grid_size": list(self.model.grid_size),
         }
 
-    # -- helpers ---------------------------------------------------------------------------------
-    def _spec(self) -> Manifest:
-        return Manifest(kind=self.kind, name="", version="", input=self.input, thresholds=Thresholds(0.0, ""))
-
-    def _tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(preprocess(images, self._spec()))
-
-    # -- the AnomalyModel contract -----------------------------------------------------------------
     def _embedding_session(self, folder: Path) -> ort.InferenceSession:
         """The feature part of the network (backbone + aggregation) exported and opened in ONNX Runtime:
         on CPU it runs 5-10x faster than eager torch (MobileNetV2's depthwise convolutions), and the bank is
         then built from exactly the features the production graph computes."""
         path = folder / "embedding.onnx"
-        _export(_Embedder(self.model), path, ["embedding"], self.input.height, self.input.width)
+        export_graph(_Embedder(self.model), path, ["embedding"], self.input.height, self.input.width)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -109,7 +97,7 @@ class PatchCore(AnomalyModel):
             session = self._embedding_session(Path(tmp))
             for start in tqdm(range(0, len(images), self.batch_size), desc="features", unit="batch",
                               disable=not self.progress, mininterval=1.0):
-                batch = preprocess(images[start:start + self.batch_size], self._spec())
+                batch = self.preprocess(images[start:start + self.batch_size])
                 emb = session.run(["embedding"], {"image": batch})[0]
                 features[start * hw:(start + len(batch)) * hw] = emb.reshape(-1, emb.shape[-1])
         extract_s = time.perf_counter() - started
@@ -139,12 +127,12 @@ class PatchCore(AnomalyModel):
 
     @torch.inference_mode()
     def score(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = self.model(self._tensor(images))
+        scores, maps = self.model(torch.from_numpy(self.preprocess(images)))
         return scores.numpy(), maps.numpy()
 
     def export_onnx(self, path: Path) -> None:
         """The whole model, backbone to blurred map, as one graph with a dynamic batch axis."""
-        _export(self.model, Path(path), ["score", "anomaly_map"], self.input.height, self.input.width)
+        export_graph(self.model, path, ["score", "anomaly_map"], self.input.height, self.input.width)
 
 
 class _Embedder(nn.Module):
@@ -156,20 +144,6 @@ class _Embedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.embed(images)
-
-
-def _export(module: nn.Module, path: Path, outputs: list[str], height: int, width: int) -> None:
-    """ONNX export with input ``image`` (N x 3 x height x width) and a dynamic batch axis on every output."""
-    dummy = torch.zeros(2, 3, height, width)
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript-based exporter: exact for these graphs and needs no extra package (onnxscript).
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(), (dummy,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["image"], output_names=outputs,
-            dynamic_axes={"image": {0: "N"}, **{name: {0: "N"} for name in outputs}},
-        )
-    onnx.checker.check_model(onnx.load(str(path)))
 
 
 def build_model(**options: Any) -> PatchCore:

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed small cases (and sklearn when it happens to be installed)."""
+"""Evaluation metrics (and the coreset) against hand-computed small cases and sklearn."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lineguard.engines.common.coreset import coreset_size, greedy_coreset
-from lineguard.engines.metrics import auroc, f1_max, pro_auc, pro_curve
+from lineguard.engines.evaluation_metrics import auroc, f1_max, pro_auc, pro_curve
 
 
 def test_auroc_hand_computed() -> None:

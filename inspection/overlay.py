@@ -5,17 +5,32 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+HEATMAP_MAX_SIDE = 512  # overlays are for people: no need to ship 4K PNGs
+
+
+def for_display(image: np.ndarray, max_side: int = HEATMAP_MAX_SIDE) -> np.ndarray:
+    """``image`` shrunk so its longer side is at most ``max_side``; never below 1 pixel a side."""
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return image
+    # max(1, ...): a 2048 x 1 line-scan frame would otherwise ask for a 0-pixel side.
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
 
 def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, display_range: tuple[float, float],
                    threshold: float | None = None, alpha: float = 0.45) -> bytes:
-    """PNG of ``image`` (H x W x 3 RGB) blended with a JET colour map of ``anomaly_map`` (h x w).
+    """PNG of ``image`` (H x W x 3 RGB, shrunk :func:`for_display`) blended with a JET colour map of ``anomaly_map``.
 
     The map is scaled with the model's fixed display range, not per image, so
     the same colour means the same score on every frame; regions above the
     threshold get a contour so the defect stands out even when faint.
     """
+    image = for_display(image)
     h, w = image.shape[:2]
-    amap = np.asarray(anomaly_map, dtype=np.float32).reshape(anomaly_map.shape[-2:])
+    amap = np.asarray(anomaly_map, dtype=np.float32)
+    amap = amap.reshape(amap.shape[-2:])
     if amap.shape != (h, w):
         amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
     lo, hi = display_range

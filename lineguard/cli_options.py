@@ -1,0 +1,49 @@
+"""One spelling for each option that recurs across subcommands; the old spellings stay as hidden aliases.
+
+* ``--config FILE`` / ``--log-level LEVEL``: global, accepted before or after the subcommand.
+* ``--out FILE``: where a command writes its result (``--json FILE`` before).
+* ``--json``: a flag, print JSON instead of text.
+* ``--until-idle SECONDS``: exit once nothing arrived for this long (``--idle-exit`` in ``tail`` before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """Stores like the option it stands for, and says on stderr which spelling to use instead."""
+
+    def __init__(self, option_strings: list[str], dest: str, replacement: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated, use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_global_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """``default=argparse.SUPPRESS`` on subcommands, so that leaving them out there keeps the value given
+    before the subcommand."""
+    parser.add_argument("--config", default=default, metavar="FILE",
+                        help="YAML configuration file (or LINEGUARD_CONFIG)")
+    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS)
+
+
+def add_output_file(parser: argparse.ArgumentParser, help: str) -> None:  # noqa: A002 - argparse's name
+    """``--out FILE`` (``args.out``); ``--json FILE`` is its deprecated alias."""
+    parser.add_argument("--out", metavar="FILE", help=help)
+    parser.add_argument("--json", dest="out", action=_DeprecatedAlias, replacement="--out FILE")
+
+
+def add_until_idle(parser: argparse.ArgumentParser, help: str) -> None:  # noqa: A002 - argparse's name
+    """``--until-idle SECONDS`` (``args.until_idle``, None when not given); ``--idle-exit`` is its alias."""
+    parser.add_argument("--until-idle", type=float, metavar="SECONDS", default=None, help=help)
+    parser.add_argument("--idle-exit", dest="until_idle", type=float, action=_DeprecatedAlias,
+                        replacement="--until-idle SECONDS")
