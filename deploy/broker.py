@@ -1,9 +1,12 @@
-"""The stack's Kafka broker: its configuration (limits, SASL, ACLs), start, readiness, stop.
+"""One node of the stack's Kafka: its configuration (limits, SASL, ACLs), launch, readiness, stop.
 
-One process in KRaft mode, both broker and controller, run from the jars in
-the cache as ``java -cp 'libs/*' kafka.Kafka server.properties``. Its files
-live in ``<state_dir>/kafka/`` (server.properties and log4j2.xml, rewritten
-on every start, and data/).
+Each node is one process in KRaft mode, both broker and controller, run from
+the jars in the cache as ``java -cp 'libs/*' kafka.Kafka server.properties``.
+Node 1's files live in ``<state_dir>/kafka/``, node N's (a cluster, see
+``lineguard.deploy.cluster``) in ``<state_dir>/kafka-N/``: server.properties
+and log4j2.xml, rewritten on every start, and data/. The controller quorum is
+static (``controller.quorum.voters``: every node), so ports may change between
+runs of the whole cluster.
 
 Security is off by default: ``sasl`` adds a ``SASL_PLAINTEXT`` listener
 (SCRAM-SHA-256/512) beside the plaintext one, and ``authorizer`` turns on
@@ -29,13 +32,26 @@ from .processes import MiB, Service, StackError, log, require_tool, run_logged, 
 BROKER_HEADROOM_BYTES = 1 * MiB
 
 
+def node_name(node_id: int) -> str:
+    """``kafka`` for node 1 (the single-broker stack's name), ``kafka-N`` for the others."""
+    return "kafka" if node_id == 1 else f"kafka-{node_id}"
+
+
+def node_port_key(base: str, node_id: int) -> str:
+    """The identity key of a node's port: ``kafka_port`` for node 1, ``kafka_port_2`` for node 2."""
+    return base if node_id == 1 else f"{base}_{node_id}"
+
+
 class KafkaBroker:
-    """The broker of one state dir, configured from the stack's options."""
+    """Node ``node_id`` of a ``node_count``-node cluster in one state dir, configured from the stack's options."""
 
     def __init__(self, state_dir: Path, kafka_libs: Path, kafka_version: str, identity: StackIdentity,
                  message_max_bytes: int, kafka_heap: str, sasl: bool, authorizer: bool,
-                 super_users: tuple[str, ...]) -> None:
-        self.kafka_dir = state_dir / "kafka"
+                 super_users: tuple[str, ...], node_id: int = 1, node_count: int = 1) -> None:
+        self.node_id = node_id
+        self.node_count = node_count
+        self.name = node_name(node_id)
+        self.kafka_dir = state_dir / self.name
         self.kafka_libs = kafka_libs
         self.kafka_version = kafka_version
         self.identity = identity
@@ -44,7 +60,7 @@ class KafkaBroker:
         self.sasl = sasl
         self.authorizer = authorizer
         self.super_users = super_users
-        self.process = Service(state_dir, "kafka", marker=str(self.properties_file))
+        self.process = Service(state_dir, self.name, marker=str(self.properties_file))
 
     @property
     def data_dir(self) -> Path:
@@ -54,26 +70,44 @@ class KafkaBroker:
     def properties_file(self) -> Path:
         return self.kafka_dir / "server.properties"
 
+    def port(self, identity: dict[str, Any], base: str = "kafka_port") -> int:
+        return int(identity[node_port_key(base, self.node_id)])
+
+    def address(self, identity: dict[str, Any]) -> str:
+        return f"127.0.0.1:{self.port(identity)}"
+
     @property
     def sasl_bootstrap(self) -> str | None:
         """``127.0.0.1:<port>`` of the SASL listener, or None when the broker has none."""
         if not self.sasl:
             return None
         identity = self.identity.load()
-        return f"127.0.0.1:{identity['sasl_port']}" if "sasl_port" in identity else None
+        key = node_port_key("sasl_port", self.node_id)
+        return f"127.0.0.1:{identity[key]}" if key in identity else None
+
+    def port_keys(self, identity: dict[str, Any]) -> tuple[str, ...]:
+        """The identity keys of the ports this node binds (the SASL one once it has been picked)."""
+        bases = ("kafka_port", "controller_port") + (("sasl_port",) if self.sasl else ())
+        return tuple(key for key in (node_port_key(b, self.node_id) for b in bases) if key in identity)
 
     def start(self, timeout_s: float = 120.0, keep_ports: bool = True) -> int:
-        """Start the broker (formatting storage on first start) and wait until it serves every partition.
-
-        The jars must be fetched already. ``keep_ports`` insists on the
-        remembered ports (see :meth:`StackIdentity.claim_ports`).
-        """
+        """Start this node alone and wait until it serves every partition (see :meth:`launch`)."""
         pid = self.process.running()
         if pid is not None:
             return pid
         identity = self.identity.load()
-        port_keys = ("kafka_port", "controller_port") + (("sasl_port",) if self.sasl and "sasl_port" in identity else ())
-        self.identity.claim_ports(identity, port_keys, keep=keep_ports, service="Kafka")
+        self.identity.claim_ports(identity, self.port_keys(identity), keep=keep_ports, service="Kafka")
+        pid = self.launch(identity)
+        self.wait_ready(pid, timeout_s)
+        return pid
+
+    def launch(self, identity: dict[str, Any]) -> int:
+        """Write the configuration, format storage on first start, spawn the node; don't wait.
+
+        The jars must be fetched and every node's ports be in ``identity``
+        (claimed by the caller): a cluster's nodes must all be launched before
+        any of them can be ready, since the controllers need a quorum.
+        """
         self._write_config(identity)
         if not (self.data_dir / "meta.properties").exists():
             log.info("formatting Kafka storage in %s", self.data_dir)
@@ -82,10 +116,8 @@ class KafkaBroker:
                                "--config", str(self.properties_file), "--ignore-formatted"),
                 "kafka storage format",
             )
-        log.info("starting Kafka %s on 127.0.0.1:%d", self.kafka_version, identity["kafka_port"])
-        pid = self.process.spawn(self._java_cmd("kafka.Kafka", str(self.properties_file)))
-        self._wait(pid, identity["kafka_port"], timeout_s)
-        return pid
+        log.info("starting Kafka %s node %d on %s", self.kafka_version, self.node_id, self.address(identity))
+        return self.process.spawn(self._java_cmd("kafka.Kafka", str(self.properties_file)))
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop the broker (controlled shutdown on SIGTERM), keeping its data and port."""
@@ -102,29 +134,31 @@ class KafkaBroker:
         if self.process.running() is None:
             raise StackError("add_scram_user needs a running broker")
         mech = {"SCRAM-SHA-256": ScramMechanism.SCRAM_SHA_256, "SCRAM-SHA-512": ScramMechanism.SCRAM_SHA_512}[mechanism]
-        admin = admin_client(KafkaConfig(bootstrap_servers=f"127.0.0.1:{self.identity.load()['kafka_port']}"))
+        admin = admin_client(KafkaConfig(bootstrap_servers=self.address(self.identity.load())))
         upsert = UserScramCredentialUpsertion(name, ScramCredentialInfo(mech, 8192), password.encode())
         for future in admin.alter_user_scram_credentials([upsert], request_timeout=timeout_s).values():
             future.result(timeout=timeout_s)
 
-    def _wait(self, pid: int, port: int, timeout_s: float) -> None:
+    def wait_ready(self, pid: int, timeout_s: float) -> None:
+        """Wait until the node serves every partition and, in a cluster, is back in each ISR it belongs to."""
         from lineguard.config import KafkaConfig
         from lineguard.kafka import admin_client
 
+        port = self.port(self.identity.load())
         deadline = time.monotonic() + timeout_s
         quiet = logging.getLogger("lineguard.stack.librdkafka")
         quiet.setLevel(logging.CRITICAL)  # connection refused while the broker boots is expected
         while time.monotonic() < deadline:
             if not self.process.alive(pid):
-                raise self.process.exited_during_startup("Kafka")
+                raise self.process.exited_during_startup(f"Kafka node {self.node_id}")
             if tcp_open(port):
                 admin = admin_client(KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}"), logger=quiet,
                                      **{"reconnect.backoff.max.ms": 200})
                 with contextlib.suppress(Exception):
-                    if _partitions_online(admin):
+                    if _partitions_online(admin, self.node_id if self.node_count > 1 else None):
                         return
             time.sleep(0.2)
-        raise StackError(f"Kafka did not answer on 127.0.0.1:{port} within {timeout_s:.0f}s; "
+        raise StackError(f"Kafka node {self.node_id} was not ready on 127.0.0.1:{port} within {timeout_s:.0f}s; "
                          f"see {self.process.log_file}")
 
     def _java_cmd(self, main_class: str, *args: str) -> list[str]:
@@ -141,14 +175,19 @@ class KafkaBroker:
 
     def _write_config(self, identity: dict[str, Any]) -> None:
         broker_max = self.message_max_bytes + BROKER_HEADROOM_BYTES
+        kafka_port, controller_port = self.port(identity), self.port(identity, "controller_port")
+        voters = ",".join(f"{n}@127.0.0.1:{identity[node_port_key('controller_port', n)]}"
+                          for n in range(1, self.node_count + 1))
+        # Internal topics get as many replicas as the cluster allows, up to 3, and need 2 in sync from 3 on.
+        replicas = str(min(3, self.node_count))
+        min_isr = str(min(2, self.node_count))
         properties: dict[str, str] = {
-            # KRaft, one node that is broker and controller; static voters, so ports may change between runs.
+            # KRaft, every node both broker and controller; static voters, so ports may change between runs.
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{identity['controller_port']}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{identity['kafka_port']},"
-                         f"CONTROLLER://127.0.0.1:{identity['controller_port']}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{identity['kafka_port']}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{kafka_port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{kafka_port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -158,16 +197,15 @@ class KafkaBroker:
             "replica.fetch.max.bytes": str(broker_max),
             "fetch.max.bytes": str(max(57_671_680, broker_max + MiB)),
             "socket.request.max.bytes": str(max(104_857_600, broker_max + 2 * MiB)),
-            # One node: internal topics can't have more replicas than that.
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "8",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "4",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "min.insync.replicas": "1",
-            "default.replication.factor": "1",
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            "min.insync.replicas": min_isr,
+            "default.replication.factor": replicas,
             # Tests and the demo start consumers often: no 3 s wait for more members.
             "group.initial.rebalance.delay.ms": "0",
             # Topics are made on purpose by lineguard.kafka.ensure_topics, with the right limits.
@@ -190,14 +228,13 @@ class KafkaBroker:
 
     def _sasl_properties(self, identity: dict[str, Any]) -> dict[str, str]:
         """A SASL_PLAINTEXT listener with SCRAM; credentials live in the cluster metadata (KRaft)."""
-        port = self.identity.add_port(identity, "sasl_port")
+        port = self.identity.add_port(identity, node_port_key("sasl_port", self.node_id))
+        kafka_port, controller_port = self.port(identity), self.port(identity, "controller_port")
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         return {
-            "listeners": f"PLAINTEXT://127.0.0.1:{identity['kafka_port']},"
-                         f"SASL_PLAINTEXT://127.0.0.1:{port},"
-                         f"CONTROLLER://127.0.0.1:{identity['controller_port']}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{identity['kafka_port']},"
-                                    f"SASL_PLAINTEXT://127.0.0.1:{port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{kafka_port},SASL_PLAINTEXT://127.0.0.1:{port},"
+                         f"CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{kafka_port},SASL_PLAINTEXT://127.0.0.1:{port}",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
                                               "CONTROLLER:PLAINTEXT",
             "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512",
@@ -216,12 +253,15 @@ class KafkaBroker:
         }
 
 
-def _partitions_online(admin: Any) -> bool:
-    """True when the broker answers metadata and serves every partition it leads.
+def _partitions_online(admin: Any, node_id: int | None = None) -> bool:
+    """True when the broker answers metadata and every partition is served.
 
     After a restart the broker answers metadata before it has reloaded its
     partitions (ListOffsets then fails with NOT_LEADER_FOR_PARTITION), so
     readiness asks for the end offset of every partition, in one request.
+    In a cluster (``node_id`` given) the node must also be registered and back
+    in the ISR of every partition it replicates: a rolling restart that moved
+    on earlier would leave partitions below ``min.insync.replicas``.
     """
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import OffsetSpec
@@ -229,6 +269,13 @@ def _partitions_online(admin: Any) -> bool:
     metadata = admin.list_topics(timeout=2)
     if not metadata.brokers:
         return False
+    if node_id is not None:
+        if node_id not in metadata.brokers:
+            return False
+        for topic in metadata.topics.values():
+            for partition in topic.partitions.values():
+                if node_id in partition.replicas and node_id not in partition.isrs:
+                    return False
     partitions = {TopicPartition(name, p): OffsetSpec.latest()
                   for name, topic in metadata.topics.items() for p in topic.partitions}
     if not partitions:

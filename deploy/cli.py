@@ -9,10 +9,13 @@ from typing import Any
 from lineguard.config import Settings
 
 
-def _stack(settings: Settings) -> Any:
+def _stack(settings: Settings, brokers: int | None = None) -> Any:
     from lineguard.deploy.stack import LocalStack  # heavy-ish imports only when a stack command runs
 
-    return LocalStack.from_settings(settings)
+    stack = LocalStack.from_settings(settings)
+    if brokers is not None:
+        stack.requested_brokers = brokers
+    return stack
 
 
 def _report_errors(fn: Any) -> Any:
@@ -40,8 +43,9 @@ def _fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 @_report_errors
 def _up(args: argparse.Namespace, settings: Settings) -> int:
-    info = _stack(settings).up(with_s3=not args.no_s3)
-    print(f"kafka: {info['kafka_bootstrap']}")
+    info = _stack(settings, args.brokers).up(with_s3=not args.no_s3)
+    brokers = info.get("kafka_brokers", 1)
+    print(f"kafka: {info['kafka_bootstrap']}" + (f" ({brokers} brokers, KRaft quorum of {brokers})" if brokers > 1 else ""))
     if info.get("s3_endpoint"):
         print(f"s3:    http://{info['s3_endpoint']} (keys in {settings.state_dir / 'stack.json'})")
     return 0
@@ -61,18 +65,22 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(status, indent=2))
     else:
         print(f"state dir: {status['state_dir']}")
-        for service in ("kafka", "s3"):
-            s = status[service]
+        nodes = status["kafka"]["nodes"]
+        rows = [(f"kafka-{n['node']}" if len(nodes) > 1 else "kafka", n) for n in nodes] + [("s3", status["s3"])]
+        for name, s in rows:
             state = f"running  pid {s['pid']:<7} {s['address']}" if s["running"] else "stopped"
-            print(f"{service:<6} {state}  log: {s['log']}")
-    # Non-zero when Kafka is down, so scripts can `lineguard stack status || lineguard stack up`.
+            if s.get("frozen"):
+                state += "  (frozen: SIGSTOP)"
+            print(f"{name:<8} {state}  log: {s['log']}")
+    # Non-zero when a Kafka node is down, so scripts can `lineguard stack status || lineguard stack up`.
     return 0 if status["kafka"]["running"] else 3
 
 
 @_report_errors
 def _restart_kafka(args: argparse.Namespace, settings: Settings) -> int:
-    pid = _stack(settings).restart_kafka()
-    print(f"kafka restarted (pid {pid})")
+    stack = _stack(settings)
+    pid = stack.restart_kafka()
+    print(f"kafka restarted (pid {pid})" if stack.brokers == 1 else f"kafka: {stack.brokers} nodes restarted one by one")
     return 0
 
 
@@ -83,6 +91,8 @@ def _add_stack_commands(sub: Any) -> None:
 
     up = sub.add_parser("up", help="start Kafka and the S3 server (fetching what's missing)")
     up.add_argument("--no-s3", action="store_true", help="start only Kafka")
+    up.add_argument("--brokers", type=int, choices=range(1, 10), metavar="N",
+                    help="Kafka nodes for a new state dir (a KRaft cluster when > 1; default: stack.brokers, else 1)")
     up.set_defaults(handler=_up)
 
     down = sub.add_parser("down", help="stop the stack")
@@ -93,7 +103,7 @@ def _add_stack_commands(sub: Any) -> None:
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)
 
-    restart = sub.add_parser("restart-kafka", help="stop and start only the broker, same port and data")
+    restart = sub.add_parser("restart-kafka", help="stop and start Kafka (a cluster node by node), same ports and data")
     restart.set_defaults(handler=_restart_kafka)
 
 

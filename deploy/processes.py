@@ -81,7 +81,18 @@ class Service:
         """SIGTERM without waiting, so several services' shutdowns overlap."""
         pid = self.running()
         if pid is not None:
-            _signal_group(pid, signal.SIGTERM)
+            _terminate_group(pid)
+
+    def send(self, sig: int) -> None:
+        """Signal the running service's process group (fault injection: SIGKILL, SIGSTOP, SIGCONT)."""
+        pid = self.running()
+        if pid is not None:
+            _signal_group(pid, sig)
+
+    def stopped(self) -> bool:
+        """True while the service is frozen by SIGSTOP."""
+        pid = self.running()
+        return pid is not None and _proc_state(pid) == "T"
 
     def stop(self, timeout_s: float) -> bool:
         """SIGTERM the process (group), SIGKILL after ``timeout_s``; True if one was running."""
@@ -90,7 +101,7 @@ class Service:
             self.pid_file.unlink(missing_ok=True)
             return False
         log.info("stopping %s (pid %d)", self.name, pid)
-        _signal_group(pid, signal.SIGTERM)
+        _terminate_group(pid)
         deadline = time.monotonic() + timeout_s
         while self.alive(pid):
             if time.monotonic() > deadline:
@@ -119,9 +130,19 @@ def process_alive(pid: int, marker: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
+    return _state_of(stat) not in ("Z", "X") and marker in cmdline
+
+
+def _state_of(stat: str) -> str:
     # Field 3 of /proc/<pid>/stat is the state; the command name before it is in parentheses.
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and marker in cmdline
+    return stat.rsplit(")", 1)[-1].split()[0]
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        return _state_of(Path(f"/proc/{pid}/stat").read_text())
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def _read_pid(pid_file: Path) -> int | None:
@@ -144,6 +165,12 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         else:
             os.killpg(group, sig)
+
+
+def _terminate_group(pid: int) -> None:
+    """SIGTERM, then SIGCONT so that a frozen (SIGSTOPped) service wakes up to handle it."""
+    _signal_group(pid, signal.SIGTERM)
+    _signal_group(pid, signal.SIGCONT)
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -57,8 +57,18 @@ class KafkaConfig(_Section):
     # Images are big: every hop (broker, topic, producer, consumer) is raised to this.
     message_max_bytes: int = Field(default=16 * MiB, ge=1 * MiB, le=256 * MiB)
     frame_partitions: int = Field(default=2, ge=1, le=1024)
-    replication_factor: int = Field(default=1, ge=1)
+    # "auto": from the brokers alive at topic creation, 3 replicas and 2 in sync once there are 3 brokers.
+    replication_factor: int | Literal["auto"] = Field(default="auto", ge=1)
+    min_insync_replicas: int | Literal["auto"] = Field(default="auto", ge=1)
     verdict_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
+
+    @model_validator(mode="after")
+    def _min_insync_fits(self) -> KafkaConfig:
+        rf, min_isr = self.replication_factor, self.min_insync_replicas
+        if isinstance(rf, int) and isinstance(min_isr, int) and min_isr > rf:
+            raise ValueError(f"kafka.min_insync_replicas ({min_isr}) > kafka.replication_factor ({rf}): "
+                             "no write with acks=all could succeed")
+        return self
 
     def password(self) -> str | None:
         return _read_secret(self.sasl_password, self.sasl_password_file)
@@ -231,6 +241,8 @@ class ApiConfig(_Section):
 
 
 class StackConfig(_Section):
+    # Kafka nodes for a new state dir (a KRaft cluster when > 1); None: what the state dir has, 1 if new.
+    brokers: int | None = Field(default=None, ge=1, le=9)
     kafka_version: str = "4.1.1"
     versitygw_version: str = "v1.7.0"
     cache_dir: Path = Path(".cache")

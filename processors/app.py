@@ -10,8 +10,10 @@ Flow per frame::
 Acknowledging only after delivery makes the path at-least-once: a crash
 re-delivers frames whose verdicts may already be out, and consumers
 deduplicate on ``frame_id`` (the ClickHouse table does it by design).
-Processors are stateless members of one consumer group, so adding workers
-(up to the number of frame partitions) adds throughput.
+Processors are stateless members of one consumer group whose assignor
+(:mod:`.assignor`) spreads every line's frame partitions over the workers, so
+adding workers adds throughput up to lines x partitions workers; lines created
+later are followed without a restart (:mod:`.lines`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from lineguard.kafka import LagTracker, faust_broker_settings
 from lineguard.schemas import DeadLetter, Frame, ImageLimits, Reason, SchemaError, topics
 
 from . import metrics as prom
+from .assignor import LineSpreadingAssignor
 from .batching import BatchLimits, MicroBatcher
+from .lines import LINE_DISCOVERY_S, LineSelection, LineWatcher
 from .scoring import BatchScorer, Outcome, Work
 
 log = logging.getLogger("lineguard.processor")
@@ -194,7 +198,8 @@ def _line_or_topic(topic: str) -> str:
         return topic
 
 
-def build_app(settings: Settings) -> tuple[faust.App, FrameProcessor]:
+def build_app(settings: Settings, frame_topics: list[str]) -> tuple[faust.App, FrameProcessor]:
+    """The faust app scoring ``frame_topics``, and more lines' as they appear when processor.lines has patterns."""
     pconf = settings.processor
     datadir = settings.state_dir / "faust" / pconf.processor_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -217,11 +222,14 @@ def build_app(settings: Settings) -> tuple[faust.App, FrameProcessor]:
         # A crashed worker's partitions move after this long (faust's default is 60 s).
         broker_session_timeout=pconf.session_timeout_s,
         broker_heartbeat_interval=min(3.0, pconf.session_timeout_s / 3),
+        # Each line's partitions spread over the workers; faust would co-partition same-sized topics.
+        # (faust uses it while table_standby_replicas > 0, its default, or the app has tables.)
+        PartitionAssignor=LineSpreadingAssignor,
     )
     processor = FrameProcessor(app, settings)
-    frame_topics = [topics.frames(line) for line in pconf.lines]
     source = app.topic(*frame_topics, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
+    source.topics = list(frame_topics)  # a list, not faust's tuple: LineWatcher extends it in place
 
     @app.agent(source, name="score-frames")
     async def score_frames(stream: faust.Stream) -> None:
@@ -237,5 +245,16 @@ def build_app(settings: Settings) -> tuple[faust.App, FrameProcessor]:
     @app.timer(pconf.lag_report_s)
     async def report_lag() -> None:
         await processor.measure_lag()
+
+    selection = LineSelection(pconf.lines)
+    if selection.patterns:
+        watcher = LineWatcher(app, source, selection, settings.kafka)
+
+        @app.timer(LINE_DISCOVERY_S)
+        async def follow_new_lines() -> None:
+            try:
+                await watcher.refresh()
+            except Exception as exc:  # noqa: BLE001 - a broker away for a moment: look again next time
+                log.warning("looking for new lines failed (%s: %s)", type(exc).__name__, exc)
 
     return app, processor

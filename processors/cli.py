@@ -13,6 +13,7 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
     from lineguard.kafka import ensure_topics
 
     from .app import build_app
+    from .lines import LineSelection, wait_for_frame_topics
 
     pconf = settings.processor
     if args.lines:
@@ -28,11 +29,19 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
     if not pconf.model_dir.is_dir():
         print(f"lineguard: model dir {pconf.model_dir} does not exist (train a model first: lineguard train)")
         return 2
-    ensure_topics(settings.kafka, pconf.lines)
+    try:
+        selection = LineSelection(pconf.lines)
+    except ValueError as exc:
+        print(f"lineguard: processor.lines: {exc}")
+        return 2
+    if not (selection.ids or selection.patterns):
+        print("lineguard: no lines to process (set processor.lines or --lines, e.g. '*' for every line)")
+        return 2
+    ensure_topics(settings.kafka, selection.ids)
     from lineguard.metrics import serve_metrics
 
     serve_metrics(pconf.metrics_port, settings.metrics_host, "processor")
-    app, _ = build_app(settings)
+    app, _ = build_app(settings, wait_for_frame_topics(selection, settings.kafka))
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
                           override_logging=False)
     worker.execute_from_commandline()
@@ -41,7 +50,8 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("process", help="score frames from the lines' frame topics (a faust worker)")
-    p.add_argument("--lines", help="comma-separated line ids (default: processor.lines)")
+    p.add_argument("--lines", help="comma-separated line ids and line-id patterns such as '*' or 'plant2-*', "
+                                   "followed as lines are created (default: processor.lines)")
     p.add_argument("--group", help="consumer group (default: processor.consumer_group)")
     p.add_argument("--model-dir", type=__import__("pathlib").Path, help="folder of model folders")
     p.add_argument("--max-batch", type=int)

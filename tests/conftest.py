@@ -6,6 +6,10 @@ at the end. For fast iteration, point LINEGUARD_TEST_STACK_DIR at a state dir
 ``LINEGUARD_TEST_STACK_DIR=/tmp/lgdev pytest``): that stack is reused (started
 there if it isn't running) and left running afterwards.
 
+``cluster_stack`` is the same for a 3-broker KRaft cluster (own state dir,
+started only when a test asks for it; LINEGUARD_TEST_CLUSTER_DIR reuses one),
+and ``cluster_settings`` points at it.
+
 ``settings`` is a ``lineguard.config.Settings`` pointing at the stack, with a
 fresh state dir and line ids no other test uses, so topics never collide.
 """
@@ -30,6 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The repo's cache, wherever pytest runs from: the jars and the versitygw build are shared.
 CACHE_DIR = Path(os.environ.get("LINEGUARD_STACK__CACHE_DIR") or REPO_ROOT / ".cache")
 SESSION_DIR_PREFIX = "lineguard-test-stack-"
+CLUSTER_DIR_PREFIX = "lineguard-test-cluster-"
+CLUSTER_BROKERS = 3
 
 
 @dataclass
@@ -68,7 +74,8 @@ def _reap_abandoned_session_stacks() -> None:
     Each session records its pid in its state dir; a dir whose owner is gone is
     stopped and removed, so interrupted runs don't pile up 512 MB brokers.
     """
-    for state_dir in Path(tempfile.gettempdir()).glob(SESSION_DIR_PREFIX + "*"):
+    tmp = Path(tempfile.gettempdir())
+    for state_dir in [*tmp.glob(SESSION_DIR_PREFIX + "*"), *tmp.glob(CLUSTER_DIR_PREFIX + "*")]:
         try:
             owner = int((state_dir / "owner.pid").read_text())
         except (FileNotFoundError, ValueError):
@@ -81,9 +88,20 @@ def _reap_abandoned_session_stacks() -> None:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[RunningStack]:
-    reuse_dir = os.environ.get("LINEGUARD_TEST_STACK_DIR")
+    yield from _session_stack("LINEGUARD_TEST_STACK_DIR", SESSION_DIR_PREFIX, brokers=None)
+
+
+@pytest.fixture(scope="session")
+def cluster_stack() -> Iterator[RunningStack]:
+    """A 3-broker KRaft cluster and S3, for replication and broker-fault tests."""
+    yield from _session_stack("LINEGUARD_TEST_CLUSTER_DIR", CLUSTER_DIR_PREFIX, brokers=CLUSTER_BROKERS)
+
+
+def _session_stack(reuse_env: str, prefix: str, brokers: int | None) -> Iterator[RunningStack]:
+    """A stack for the test session: the one in $``reuse_env`` (left running), else a fresh one."""
+    reuse_dir = os.environ.get(reuse_env)
     if reuse_dir:
-        local = LocalStack(Path(reuse_dir), CACHE_DIR)
+        local = LocalStack(Path(reuse_dir), CACHE_DIR, brokers=brokers)
         if local.stack_json.exists():
             # Restarts must keep the broker's size limit the stack was started with.
             local.message_max_bytes = json.loads(local.stack_json.read_text()).get(
@@ -96,9 +114,9 @@ def stack() -> Iterator[RunningStack]:
         return  # a reused stack stays up for the next run
 
     _reap_abandoned_session_stacks()
-    state_dir = Path(tempfile.mkdtemp(prefix=SESSION_DIR_PREFIX))
+    state_dir = Path(tempfile.mkdtemp(prefix=prefix))
     (state_dir / "owner.pid").write_text(str(os.getpid()))
-    local = LocalStack(state_dir, CACHE_DIR)
+    local = LocalStack(state_dir, CACHE_DIR, brokers=brokers)
     try:
         try:
             local.up()
@@ -122,9 +140,22 @@ def settings(
     stack: RunningStack, line_ids: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
     """Settings pointing at the session's stack, with a fresh state dir and this test's line ids."""
+    return _settings_for(stack, line_ids, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def cluster_settings(
+    cluster_stack: RunningStack, line_ids: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Settings pointing at the session's 3-broker cluster (bootstrap: every broker)."""
+    return _settings_for(cluster_stack, line_ids, tmp_path, monkeypatch)
+
+
+def _settings_for(stack: RunningStack, line_ids: list[str], tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Settings:
     # The developer's LINEGUARD_* variables would outrank these values; tests must not see them.
     for name in list(os.environ):
-        if name.startswith("LINEGUARD_") and name != "LINEGUARD_TEST_STACK_DIR":
+        if name.startswith("LINEGUARD_") and not name.startswith("LINEGUARD_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.delenv("LINEGUARD_CONFIG", raising=False)
     return load_settings(

@@ -82,8 +82,8 @@ def test_make_demo_fits_patchcore_and_reports_caught_and_false_alarms(tmp_path: 
     at the end), fewer frames. It must exit 0 and its figures must add up."""
     pytest.importorskip("torch")
     frames_per_line = 40
-    env = component_env(state_dir=tmp_path / "state",
-                        LINEGUARD_STACK__CACHE_DIR=os.environ.get("LINEGUARD_STACK__CACHE_DIR", str(REPO_ROOT / ".cache")))
+    cache = os.environ.get("LINEGUARD_STACK__CACHE_DIR", str(REPO_ROOT / ".cache"))  # the fetched Kafka jars
+    env = component_env(state_dir=tmp_path / "state", LINEGUARD_STACK__CACHE_DIR=cache)
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "lineguard.cli", "demo", "--frames", str(frames_per_line)],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=580)

@@ -18,64 +18,54 @@ from minio import Minio
 
 from lineguard.config import KafkaConfig
 from lineguard.engines.training import train
+from lineguard.harness import LocalPipeline
 from lineguard.kafka import count_messages, ensure_topics, producer_client
 from lineguard.producers.synthetic import SyntheticCamera
 from lineguard.schemas import DeadLetter, Frame, Verdict, new_frame_id, topics
 from lineguard.schemas import image as imagecodec
 from lineguard.stores import ChdbStore
 
-from pipeline_helpers import Component, component_env, read_topics, wait_for
+from pipeline_helpers import read_topics, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 FRAMES_PER_LINE = 200
 MAX_IMAGE_BYTES = 2_000_000
 
 
-class Pipeline:
+class Pipeline(LocalPipeline):
+    """The local-pipeline harness on two lines of this module's own, heatmaps to a bucket of its own."""
+
     def __init__(self, stack, root) -> None:
         tag = uuid.uuid4().hex[:6]
-        self.lines = [f"e2e{tag}-a", f"e2e{tag}-b"]
         self.root = root
         self.state = root / "state"
         self.models = root / "models"
-        self.kafka = KafkaConfig(bootstrap_servers=stack.kafka_bootstrap)
         self.bucket = f"heatmaps-{tag}"
         self.stack = stack
-        self.env = component_env(
-            stack.kafka_bootstrap, self.state,
-            LINEGUARD_LIMITS__MAX_IMAGE_BYTES=str(MAX_IMAGE_BYTES),
-            LINEGUARD_PROCESSOR__CONSUMER_GROUP=f"processors-{tag}",
-            LINEGUARD_SINKS__FLUSH_INTERVAL_MS="300",
-        )
+        super().__init__(KafkaConfig(bootstrap_servers=stack.kafka_bootstrap), self.state,
+                         [f"e2e{tag}-a", f"e2e{tag}-b"], group=f"processors-{tag}", log_dir=root,
+                         model_dir=self.models,
+                         LINEGUARD_LIMITS__MAX_IMAGE_BYTES=str(MAX_IMAGE_BYTES),
+                         LINEGUARD_SINKS__FLUSH_INTERVAL_MS="300")
         self.s3_env = {
-            **self.env,
             "LINEGUARD_SINKS__OBJECT_STORE__BACKEND": "s3",
             "LINEGUARD_SINKS__OBJECT_STORE__ENDPOINT": stack.s3_endpoint,
             "LINEGUARD_SINKS__OBJECT_STORE__ACCESS_KEY": stack.s3_access_key,
             "LINEGUARD_SINKS__OBJECT_STORE__SECRET_KEY": stack.s3_secret_key,
             "LINEGUARD_SINKS__OBJECT_STORE__BUCKET": self.bucket,
         }
-        self.components: list[Component] = []
         self.sent: Counter[str] = Counter()  # frames sent per line
 
-    def start(self, name: str, args: list[str], env=None) -> Component:
-        comp = Component(args, env or self.env, self.root / f"{name}-{len(self.components)}.log")
-        self.components.append(comp)
-        return comp
-
-    def verdict_topics(self) -> list[str]:
-        return [topics.verdicts(line) for line in self.lines]
-
     def count_verdicts(self) -> int:
-        return sum(count_messages(self.kafka, t) for t in self.verdict_topics())
+        return self.count(self.verdict_topics())
 
     def my_dead_letters(self, expect: int) -> list[DeadLetter]:
-        mine = {topics.frames(line) for line in self.lines}
+        mine = set(self.frame_topics())
         letters = read_topics(self.kafka, [topics.DEADLETTER], DeadLetter.decode, expect=0, timeout_s=20, settle_s=3)
         return [d for d in letters if d.source_topic in mine]
 
-    def run_sink(self, kind: str, env=None) -> str:
-        comp = self.start(f"sink-{kind}", ["sink", kind, "--lines", ",".join(self.lines), "--until-idle", "4"], env)
+    def run_sink(self, kind: str, **env: str) -> str:
+        comp = self.sink(kind, until_idle=4, **env)
         assert comp.wait(180) == 0, comp.output()[-3000:]
         return comp.output()
 
@@ -94,20 +84,15 @@ def pipeline(stack, tmp_path_factory):
     SyntheticCamera(product="washer", size=256, seed=1).write_mvtec(data, n_train=40, n_test_good=2, n_test_defect=2)
     train("baseline", data, p.models / "washer", name="washer", version="e2e")
     ensure_topics(p.kafka, p.lines)
-    p.processor = p.start("processor", ["process", "--lines", ",".join(p.lines), "--model-dir", str(p.models)])
+    p.worker = p.processor()
     yield p
-    for comp in p.components:
-        comp.stop()
+    p.stop_all()
 
 
 def test_two_lines_400_frames_give_400_verdicts_rows_and_heatmaps(pipeline):
     p = pipeline
-    producers = [
-        p.start(f"produce-{line}", ["produce", "--line", line, "--camera", f"cam-{i}", "--product", "washer",
-                                    "--source", "synthetic", "--count", str(FRAMES_PER_LINE), "--size", "256",
-                                    "--defect-rate", "0.2", "--seed", str(10 + i)])
-        for i, line in enumerate(p.lines)
-    ]
+    producers = [p.camera(line, f"cam-{i}", FRAMES_PER_LINE, size=256, defect_rate=0.2, seed=10 + i)
+                 for i, line in enumerate(p.lines)]
     for line, prod in zip(p.lines, producers):
         assert prod.wait(180) == 0, prod.output()[-2000:]
         assert f"delivered={FRAMES_PER_LINE} failed=0" in prod.output()
@@ -131,7 +116,7 @@ def test_two_lines_400_frames_give_400_verdicts_rows_and_heatmaps(pipeline):
     assert re.search(r"written=400 deadletter=0", out), out[-2000:]
     assert p.rows_in_clickhouse() == 2 * FRAMES_PER_LINE
 
-    p.run_sink("heatmaps", env=p.s3_env)
+    p.run_sink("heatmaps", **p.s3_env)
     client = Minio(p.stack.s3_endpoint, access_key=p.stack.s3_access_key, secret_key=p.stack.s3_secret_key, secure=False)
     stored = {obj.object_name for obj in client.list_objects(p.bucket, recursive=True)}
     assert {v.heatmap_key for v in defective} <= stored
@@ -182,7 +167,7 @@ def test_bad_input_goes_to_dead_letters_and_the_processor_keeps_running(pipeline
     letters = p.my_dead_letters(expect=len(bad))
     assert sorted(d.reason for d in letters) == sorted(bad)
     assert all(d.source_topic == topics.frames(line) and d.error for d in letters)
-    assert p.processor.alive()
+    assert p.worker.alive()
     verdicts = sum(count_messages(p.kafka, topics.verdicts(l)) for l in p.lines)
     assert verdicts + len(letters) == sum(p.sent.values())
 

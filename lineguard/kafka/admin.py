@@ -1,4 +1,11 @@
-"""Topics: create each line's frame, verdict and heatmap topics and the dead-letter topic."""
+"""Topics: create each line's frame, verdict and heatmap topics and the dead-letter topic.
+
+Replication follows ``kafka.replication_factor`` / ``kafka.min_insync_replicas``;
+"auto" derives them from the brokers alive when the topics are created: one
+broker gives 1 and 1, two give 2 and 1, three or more give 3 and 2, so one
+broker may be lost without losing an acknowledged (acks=all) write or
+stopping writes.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +21,21 @@ from lineguard.kafka.clients import admin_client, topic_max_message_bytes
 from lineguard.schemas import topics
 
 
-def _wanted_topics(kafka_cfg: KafkaConfig, line_ids: Iterable[str]) -> list[NewTopic]:
-    size = {"max.message.bytes": str(topic_max_message_bytes(kafka_cfg))}
-    retained = {**size, "retention.ms": str(kafka_cfg.verdict_retention_ms)}
+def replication(kafka_cfg: KafkaConfig, live_brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for new topics, "auto" resolved from ``live_brokers``."""
     rf = kafka_cfg.replication_factor
+    if rf == "auto":
+        rf = max(1, min(3, live_brokers))
+    min_isr = kafka_cfg.min_insync_replicas
+    if min_isr == "auto":
+        min_isr = 2 if rf >= 3 else 1
+    return rf, min_isr
+
+
+def _wanted_topics(kafka_cfg: KafkaConfig, line_ids: Iterable[str], live_brokers: int) -> list[NewTopic]:
+    rf, min_isr = replication(kafka_cfg, live_brokers)
+    size = {"max.message.bytes": str(topic_max_message_bytes(kafka_cfg)), "min.insync.replicas": str(min_isr)}
+    retained = {**size, "retention.ms": str(kafka_cfg.verdict_retention_ms)}
     parts = kafka_cfg.frame_partitions
     wanted: list[NewTopic] = []
     for line_id in dict.fromkeys(line_ids):  # de-duplicated, order kept
@@ -39,7 +57,8 @@ def ensure_topics(
     partition, so callers can produce right away.
     """
     admin = admin_client(kafka_cfg)
-    wanted = _wanted_topics(kafka_cfg, line_ids)
+    live_brokers = len(admin.list_topics(timeout=timeout_s).brokers)
+    wanted = _wanted_topics(kafka_cfg, line_ids, live_brokers)
     futures = admin.create_topics(wanted, request_timeout=timeout_s, operation_timeout=timeout_s)
     created = [name for name, future in futures.items() if _created(future, timeout_s)]
     _wait_for_leaders(admin, [t.topic for t in wanted], timeout_s)

@@ -24,6 +24,10 @@ from lineguard.config import KafkaConfig
 # this much more, so a frame right at the limit is not rejected for its envelope.
 FRAMING_HEADROOM_BYTES = 64 * 1024
 
+# How often consumers refresh the cluster's metadata: a line's new partitions are assigned within
+# this long, and processors look for new line topics as often (processors/lines.py).
+METADATA_REFRESH_MS = 10_000
+
 # librdkafka's own defaults; the raised limits never go below them.
 _LIBRDKAFKA_FETCH_MAX_BYTES = 52_428_800
 _LIBRDKAFKA_RECEIVE_MAX_BYTES = 100_000_000
@@ -158,6 +162,7 @@ def faust_broker_settings(kafka_cfg: KafkaConfig) -> dict[str, Any]:
         # which for a topic is the record plus its framing, as for librdkafka.
         "consumer_max_fetch_size": limits.partition_fetch_bytes,
         "producer_acks": -1,
+        "consumer_metadata_max_age_ms": METADATA_REFRESH_MS,  # aiokafka's default is 5 minutes
     }
     if kafka_cfg.security_protocol != "PLAINTEXT":
         context = ssl_context(kafka_cfg)  # CA file and client certificate, when TLS is on
