@@ -217,37 +217,35 @@ ORDER BY side = 'after'
 """
 
 
-def _shift_sql(side: str) -> str:
+def _register_shift(name: str, title: str, frames: str, side: str, split_params: dict[str, str]) -> None:
+    """A score-shift query: ``side`` names each frame's side of the change, ``split_params`` bind it."""
     from .schema import PSI_FLOOR
 
-    return (_SHIFT_SQL.replace("{side}", side).replace("{range}", _RANGE)
-            .replace("{floor}", repr(PSI_FLOOR)))
+    _register(NamedQuery(
+        name=name,
+        title=title,
+        description=f"On one line (and product, '' = all), the score distribution of frames {frames}, "
+                    "and the PSI of 'after' on the deciles of 'before'.",
+        sql=(_SHIFT_SQL.replace("{side}", side).replace("{range}", _RANGE)
+             .replace("{floor}", repr(PSI_FLOOR))),
+        params={"line_id": "String", "product": "String", **split_params, "since": "DateTime",
+                "until": "DateTime"},
+        defaults=lambda: {**_last_days(30)(), "product": ""},
+    ))
 
 
-_register(NamedQuery(
-    name="score_shift_at",
-    title="Score distribution before/after a moment (process change)",
-    description="On one line (and product, '' = all), the score distribution of frames captured before "
-                "and after `at`, and the PSI of 'after' on the deciles of 'before'.",
-    sql=_shift_sql(
-        "if(captured_at < fromUnixTimestamp64Micro({at_us:Int64}, 'UTC'), 'before', 'after')"),
-    params={"line_id": "String", "product": "String", "at": "DateTime", "since": "DateTime",
-            "until": "DateTime"},
-    defaults=lambda: {**_last_days(30)(), "product": ""},
-))
+_register_shift(
+    "score_shift_at", "Score distribution before/after a moment (process change)",
+    "captured before and after `at`",
+    "if(captured_at < fromUnixTimestamp64Micro({at_us:Int64}, 'UTC'), 'before', 'after')",
+    {"at": "DateTime"})
+_register_shift(
+    "score_shift_by_version", "Score distribution of two model versions (model change)",
+    "scored by before_version and by after_version",
+    "multiIf(model_version = {before_version:String}, 'before', "
+    "model_version = {after_version:String}, 'after', '')",
+    {"before_version": "String", "after_version": "String"})
 
-_register(NamedQuery(
-    name="score_shift_by_version",
-    title="Score distribution of two model versions (model change)",
-    description="On one line (and product, '' = all), the score distribution of frames scored by "
-                "before_version and by after_version, and the PSI of 'after' on the deciles of 'before'.",
-    sql=_shift_sql(
-        "multiIf(model_version = {before_version:String}, 'before', "
-        "model_version = {after_version:String}, 'after', '')"),
-    params={"line_id": "String", "product": "String", "before_version": "String",
-            "after_version": "String", "since": "DateTime", "until": "DateTime"},
-    defaults=lambda: {**_last_days(30)(), "product": ""},
-))
 
 _register(NamedQuery(
     name="drift_psi",

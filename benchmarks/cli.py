@@ -40,7 +40,8 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _anomalib(args: argparse.Namespace, settings: Settings) -> int:
-    from .anomalib_compare import CompareConfig, markdown, run, write_outputs
+    from .anomalib_compare import CompareConfig, run
+    from .anomalib_report import markdown, write_outputs
 
     cfg = CompareConfig(data=Path(args.data), input_size=args.size, layers=tuple(args.layers.split(",")),
                         coreset_ratio=args.coreset_ratio, match_fit_images=args.match_fit_images,

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 
 from lineguard.benchmarks import anomalib_compare as ac
+from lineguard.benchmarks.anomalib_report import markdown, write_outputs
+from lineguard.benchmarks.anomalib_scoring import side_metrics
+from lineguard.benchmarks.anomalib_venv import ANOMALIB_REQUIREMENTS, STAMP, ensure_venv
 from lineguard.benchmarks.measure import run_measured
 from lineguard.cli import build_parser
 
@@ -37,7 +40,7 @@ def test_markdown_reports_ratios_and_the_verdict() -> None:
               "throughput_ratio_b16": 3.0, "image_auroc_delta": 0.01, "pixel_auroc_delta": 0.01,
               "acceptance": {"passed": True}, "load_average_1m_before": 1.0, "load_average_1m_after": 1.0,
               "cpu_count": 2}
-    table = ac.markdown(result)
+    table = markdown(result)
     assert "| images/s, batch 16 (best) | 30.0 | 10.0 | 3.00x |" in table
     assert "| image AUROC | 0.9500 | 0.9400 | +0.0100 |" in table
     assert "**met**" in table
@@ -83,8 +86,8 @@ def test_ensure_venv_is_a_no_op_once_stamped(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text("")  # never run: the stamp short-circuits
-    (venv / ac.STAMP).write_text("\n".join(ac.ANOMALIB_REQUIREMENTS))
-    assert ac.ensure_venv(venv) == venv / "bin" / "python"
+    (venv / STAMP).write_text("\n".join(ANOMALIB_REQUIREMENTS))
+    assert ensure_venv(venv) == venv / "bin" / "python"
 
 
 def test_cli_registers_bench_anomalib() -> None:
@@ -103,10 +106,10 @@ def test_side_metrics_use_lineguards_metric_code(tmp_path: Path) -> None:
     # Scores equal to the labels and maps equal to the masks: every AUROC is exactly 1.
     scores = np.array([float(s.is_defective) for s in samples])
     maps = np.stack([load_mask(s.mask_path, (64, 64)).astype(np.float32) for s in samples])
-    metrics = ac.side_metrics(scores, maps, data, (64, 64))
+    metrics = side_metrics(scores, maps, data, (64, 64))
     assert metrics["image_auroc"] == 1.0 and metrics["pixel_auroc"] == 1.0
     with pytest.raises(ValueError):
-        ac.side_metrics(scores[:-1], maps, data, (64, 64))
+        side_metrics(scores[:-1], maps, data, (64, 64))
 
 
 @pytest.mark.slow
@@ -117,7 +120,7 @@ def test_side_metrics_use_lineguards_metric_code(tmp_path: Path) -> None:
 def test_bench_anomalib_end_to_end(tmp_path: Path) -> None:
     cfg = ac.CompareConfig(data=DATA, trials=2, seconds_per_trial=0.5, onnx=False, work_dir=tmp_path / "work")
     result = ac.run(cfg)
-    ac.write_outputs(result, tmp_path / "bench.json")
+    write_outputs(result, tmp_path / "bench.json")
     assert (tmp_path / "bench.md").exists()
     for side in ("lineguard", "anomalib"):
         figures = result[side]
