@@ -131,12 +131,17 @@ class KafkaCluster:
         from lineguard.config import KafkaConfig
         from lineguard.kafka import admin_client
 
-        metadata = admin_client(KafkaConfig(bootstrap_servers=self.bootstrap())).list_topics(topic, timeout=timeout_s)
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None or partition not in found.partitions:
-            raise StackError(f"no partition {topic}[{partition}] in the cluster's metadata")
-        leader = found.partitions[partition].leader
-        return leader if leader >= 0 else None
+        admin = admin_client(KafkaConfig(bootstrap_servers=self.bootstrap()))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # A broker may answer before it has learned of a topic just created: ask again until the deadline.
+            found = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            if found is not None and found.error is None and partition in found.partitions:
+                leader = found.partitions[partition].leader
+                return leader if leader >= 0 else None
+            if time.monotonic() > deadline:
+                raise StackError(f"no partition {topic}[{partition}] in the cluster's metadata")
+            time.sleep(0.2)
 
     def _identity_with_every_port(self) -> dict[str, Any]:
         """The identity, with ports picked for nodes that have none yet and the node count recorded."""

@@ -182,15 +182,14 @@ class LocalStack:
         """
         self._check_broker_count()
         cluster = self.kafka
-        if all(pid is not None for pid in cluster.running().values()):
-            return cluster.running()[1]  # type: ignore[return-value]
-        self.check_prerequisites(with_s3=False)
-        self.fetch_kafka()
-        try:
-            cluster.start(timeout_s=timeout_s, keep_ports=keep_ports)
-        finally:
-            self._update_stack_json()
-        return cluster.running()[1]  # type: ignore[return-value]
+        if any(pid is None for pid in cluster.running().values()):
+            self.check_prerequisites(with_s3=False)
+            self.fetch_kafka()
+            try:
+                cluster.start(timeout_s=timeout_s, keep_ports=keep_ports)
+            finally:
+                self._update_stack_json()
+        return self._pid_of(node_name(1))
 
     def stop_kafka(self, timeout_s: float = 30.0) -> bool:
         """Stop every Kafka node (controlled shutdown on SIGTERM), keeping data and ports."""
@@ -205,7 +204,7 @@ class LocalStack:
             return self.start_kafka(keep_ports=True)
         self.kafka.rolling_restart()
         self._update_stack_json()
-        return self.running("kafka")  # type: ignore[return-value]
+        return self._pid_of(node_name(1))
 
     # ---- one node of a cluster (fault tests); node ids are 1..brokers, as leader_of answers
 
@@ -213,7 +212,7 @@ class LocalStack:
         """Start one node and wait until it is back in every ISR it belongs to."""
         self.kafka.start([node_id], timeout_s=timeout_s)
         self._update_stack_json()
-        return self.running(node_name(node_id))  # type: ignore[return-value]
+        return self._pid_of(node_name(node_id))
 
     def stop_broker(self, node_id: int, timeout_s: float = 30.0) -> bool:
         """Controlled shutdown of one node (leadership moves first)."""
@@ -236,6 +235,12 @@ class LocalStack:
     def leader_of(self, topic: str, partition: int) -> int | None:
         """The node id leading ``topic``'s ``partition``, or None while it has none."""
         return self.kafka.leader_of(topic, partition)
+
+    def _pid_of(self, service: str) -> int:
+        pid = self.running(service)
+        if pid is None:
+            raise StackError(f"{service} exited right after it started; see {self.log_path(service)}")
+        return pid
 
     def _check_broker_count(self) -> None:
         recorded = recorded_node_count(self._identity, self.state_dir)
@@ -339,9 +344,9 @@ class LocalStack:
         }
         if cluster.size > 1:
             info["kafka_brokers"] = cluster.size
-        sasl = [node.sasl_bootstrap for node in cluster.nodes]
-        if all(sasl):
-            info["kafka_sasl_bootstrap"] = ",".join(sasl)  # type: ignore[arg-type]
+        sasl = [address for address in (node.sasl_bootstrap for node in cluster.nodes) if address]
+        if sasl and len(sasl) == cluster.size:
+            info["kafka_sasl_bootstrap"] = ",".join(sasl)
         for node in cluster.nodes:
             if kafka_pids[node.node_id] is not None:
                 info["pids"][node.name] = kafka_pids[node.node_id]

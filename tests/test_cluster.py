@@ -9,9 +9,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource
 
 from lineguard.config import KafkaConfig, Settings
@@ -38,6 +40,19 @@ def _produce(settings: Settings, topic: str, values: list[bytes]) -> None:
         producer.produce(topic, value, on_delivery=lambda err, _msg: err and failures.append(str(err)))
     assert producer.flush(90) == 0, "messages still waiting for delivery after 90 s"
     assert failures == []
+
+
+def _min_insync(admin, name: str) -> str:  # noqa: ANN001 - an AdminClient
+    """A topic's min.insync.replicas, asking again while the answering broker hasn't learned of the topic yet."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return admin.describe_configs([resource])[resource].result(10)["min.insync.replicas"].value
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _values(settings: Settings, topic: str) -> list[bytes]:
@@ -84,9 +99,8 @@ def test_lineguard_topics_get_three_replicas_and_two_in_sync(cluster_settings: S
     for name in names:
         for partition in metadata.topics[name].partitions.values():
             assert sorted(partition.replicas) == [1, 2, 3], (name, partition.id, partition.replicas)
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
-    for resource, future in admin.describe_configs(resources).items():
-        assert future.result(10)["min.insync.replicas"].value == "2", resource.name
+    for name in names:
+        assert _min_insync(admin, name) == "2", name
 
 
 def test_explicit_replication_settings_win_over_auto(cluster_settings: Settings) -> None:
@@ -97,8 +111,7 @@ def test_explicit_replication_settings_win_over_auto(cluster_settings: Settings)
     admin = admin_client(cluster_settings.kafka)
     partitions = admin.list_topics(topics.frames(line), timeout=10).topics[topics.frames(line)].partitions
     assert all(len(p.replicas) == 2 for p in partitions.values())
-    resource = ConfigResource(ConfigResource.Type.TOPIC, topics.frames(line))
-    assert admin.describe_configs([resource])[resource].result(10)["min.insync.replicas"].value == "1"
+    assert _min_insync(admin, topics.frames(line)) == "1"
 
 
 def test_acks_all_writes_survive_a_killed_broker_and_its_restart(cluster_stack, cluster_settings: Settings) -> None:
