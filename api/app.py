@@ -48,7 +48,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
                           "or api.api_keys_file")
     encoded_keys = [k.encode() for k in keys]
     model_dir = Path(settings.processor.model_dir)
-    registry = registry or ModelRegistry.from_config(settings.processor)
+    registry = registry or ModelRegistry.from_settings(settings)
     metrics = ApiMetrics()
     metrics.models_loaded.set(len(registry.load_all()))
     store = StoreHolder(settings, model_dir)

@@ -20,6 +20,22 @@ INT8_FILE = "model.int8.onnx"  # written beside it by `lineguard export --int8`
 FORMAT_VERSION = 1
 
 
+class FileMismatch(ValueError):
+    """A model folder's files differ from what its manifest records; ``reason`` is ``missing`` or ``checksum``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def model_files(model_dir: str | Path) -> list[str]:
+    """The files a model is made of: every plain file beside the manifest, less hidden and ``*.tmp`` ones
+    (caches, and files still being written by ``lineguard export`` or rsync)."""
+    return sorted(p.name for p in Path(model_dir).iterdir()
+                  if p.is_file() and p.name != MANIFEST_FILE and not p.name.startswith(".")
+                  and not p.name.endswith(".tmp"))
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -61,6 +77,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)  # {"n_images", "images_sha256", ...}
     calibration: dict[str, Any] = field(default_factory=dict)  # normal-score statistics
     onnx_sha256: str | None = None
+    files: dict[str, str] = field(default_factory=dict)  # every model file's sha256, checked before loading
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -68,9 +85,8 @@ class Manifest:
     def save(self, model_dir: str | Path) -> Path:
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
-        onnx_path = model_dir / ONNX_FILE
-        if onnx_path.exists():
-            self.onnx_sha256 = sha256_file(onnx_path)
+        self.files = {name: sha256_file(model_dir / name) for name in model_files(model_dir)}
+        self.onnx_sha256 = self.files.get(ONNX_FILE)
         path = model_dir / MANIFEST_FILE
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
@@ -89,6 +105,23 @@ class Manifest:
         doc["thresholds"] = Thresholds(**doc["thresholds"])
         doc["map_display_range"] = tuple(doc["map_display_range"])
         return cls(**doc)
+
+    def digests(self) -> dict[str, str]:
+        """The sha256 of every file this manifest vouches for; a manifest older than ``files`` vouches for its graph."""
+        if self.files:
+            return dict(self.files)
+        return {ONNX_FILE: self.onnx_sha256} if self.onnx_sha256 else {}
+
+    def verify(self, model_dir: str | Path) -> None:
+        """Raise :class:`FileMismatch` unless every recorded file is in ``model_dir`` with its recorded sha256."""
+        for name, expected in sorted(self.digests().items()):
+            path = Path(model_dir) / name
+            if Path(name).name != name or not path.is_file():
+                raise FileMismatch("missing", f"{path} is missing (the manifest records it)")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise FileMismatch("checksum", f"{path}: sha256 {actual[:16]}... differs from the manifest's "
+                                               f"{expected[:16]}... (half-copied or corrupted)")
 
 
 def images_fingerprint(paths: list[str | Path]) -> str:

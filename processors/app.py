@@ -52,7 +52,7 @@ class FrameProcessor:
         self.app = app
         self.settings = settings
         pconf = settings.processor
-        self.registry = ModelRegistry.from_config(pconf)
+        self.registry = ModelRegistry.from_settings(settings)
         self.scorer = BatchScorer(pconf, ImageLimits.from_config(settings.limits), self.registry)
         # Two scoring threads, one per batch the batcher prepares at once: one batch decodes or renders
         # while the other is in ONNX Runtime (which already uses every core inside one run).

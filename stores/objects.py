@@ -47,6 +47,10 @@ class ObjectStore(abc.ABC):
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is no such object."""
 
+    @abc.abstractmethod
+    def keys(self, prefix: str) -> list[str]:
+        """The keys under ``prefix`` (a folder-like ``a/b/``), sorted."""
+
     def close(self) -> None:
         """Release connections (nothing to do for most stores)."""
 
@@ -68,6 +72,14 @@ class LocalFolderStore(ObjectStore):
     def get(self, key: str) -> bytes | None:
         path = self.path_of(key)
         return path.read_bytes() if path.is_file() else None
+
+    def keys(self, prefix: str) -> list[str]:
+        top = self.path_of(prefix) if prefix.strip("/") else self.root
+        if not top.is_dir():
+            return []
+        # Dot-files are the temporary names of writes in progress.
+        return sorted(p.relative_to(self.root).as_posix() for p in top.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self.path_of(key)
@@ -152,6 +164,9 @@ class S3Store(ObjectStore):
         finally:
             response.close()
             response.release_conn()
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True))
 
     def __repr__(self) -> str:
         return f"S3Store(endpoint={self.endpoint!r}, bucket={self.bucket!r})"

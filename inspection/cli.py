@@ -1,0 +1,77 @@
+"""``lineguard models push|list|promote|rollback``: publishing models once, through the object store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lineguard.config import ConfigError, Settings
+
+
+def _models(settings: Settings):  # noqa: ANN202 - ModelStore, imported here to keep --help fast
+    from lineguard.stores import open_object_store
+
+    from .registry import ModelStore
+
+    return ModelStore(open_object_store(settings))
+
+
+def run_models(args: argparse.Namespace, settings: Settings) -> int:
+    from lineguard.engines.manifest import FileMismatch
+
+    from .registry import PublishError
+
+    models = _models(settings)
+    try:
+        if args.models_command == "push":
+            product, version = models.push(args.model_dir, product=args.product)
+            print(f"pushed {product} {version}")
+        elif args.models_command == "promote":
+            models.promote(args.product, args.version, line=args.line)
+            print(f"promoted {args.product} {args.version}" + (f" on {args.line}" if args.line else ""))
+        elif args.models_command == "rollback":
+            back = models.rollback(args.product, line=args.line)
+            print(f"{args.product}" + (f" on {args.line}" if args.line else "") + " now serves "
+                  + (back or "the product-wide version"))
+        else:
+            _print_list(models, args.json)
+    except (PublishError, FileMismatch, FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"models {args.models_command}: {exc}") from exc
+    return 0
+
+
+def _print_list(models, as_json: bool) -> None:  # noqa: ANN001 - ModelStore
+    listing = {}
+    for product in models.products():
+        served = models.served(models.pointer(product))
+        listing[product] = {"versions": models.versions(product),
+                            "promoted": served.get(""), "lines": {k: v for k, v in served.items() if k}}
+    if as_json:
+        print(json.dumps(listing, indent=2, sort_keys=True))
+        return
+    for product, info in listing.items():
+        lines = ", ".join(f"{line}={version}" for line, version in sorted(info["lines"].items()))
+        print(f"{product}: promoted {info['promoted'] or '-'}" + (f" (lines: {lines})" if lines else ""))
+        for version, complete in info["versions"].items():
+            print(f"  {version}{'' if complete else '  (incomplete upload)'}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="publish models through the object store: push, list, promote, rollback",
+                       description="Models are stored under models/<product>/<version>/ in sinks.object_store; "
+                                   "hosts with processor.model_source: object_store serve the promoted version.")
+    verbs = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    push = verbs.add_parser("push", help="upload a model folder (its files, checksums, then the manifest)")
+    push.add_argument("model_dir", type=Path, help="a folder holding manifest.json and model.onnx")
+    push.add_argument("--product", help="product to publish it for (default: the manifest's name)")
+    listing = verbs.add_parser("list", help="products, their versions and what is promoted")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    promote = verbs.add_parser("promote", help="serve VERSION of PRODUCT (on every line, or on --line)")
+    promote.add_argument("product")
+    promote.add_argument("version")
+    promote.add_argument("--line", help="promote for this line only")
+    rollback = verbs.add_parser("rollback", help="serve the previously promoted version again")
+    rollback.add_argument("product")
+    rollback.add_argument("--line", help="roll back this line's promotion only")
+    p.set_defaults(handler=run_models)
