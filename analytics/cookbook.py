@@ -2,8 +2,8 @@
 
 Each :class:`NamedQuery` is plain SQL with ClickHouse ``{name:Type}`` placeholders
 (bound by the server, never pasted into the text) and ``{db}`` for the database.
-Every query reads ``verdicts FINAL``, so replayed verdicts count once (the latest
-one of a frame wins). Times are UTC and bound as microseconds since the epoch,
+Every query reads ``verdicts_latest`` (one row per frame, its latest verdict; no ``FINAL``),
+so replayed verdicts count once. Times are UTC and bound as microseconds since the epoch,
 which both backends (chdb and clickhouse-connect) pass through unchanged.
 
 Use them from Python::
@@ -127,7 +127,7 @@ SELECT line_id,
        count() AS frames,
        countIf(is_defective) AS defective,
        defective / frames AS defect_rate
-FROM {{db}}.verdicts FINAL
+FROM {{db}}.verdicts_latest
 WHERE {_RANGE} AND shift_index > 0
 GROUP BY line_id, shift_date, shift_index, shift
 ORDER BY line_id, shift_date, shift_index
@@ -147,7 +147,7 @@ SELECT line_id, camera_id,
        countIf(is_defective) AS defective,
        defective / frames AS defect_rate,
        avg(score) AS mean_score
-FROM {{db}}.verdicts FINAL
+FROM {{db}}.verdicts_latest
 WHERE {_RANGE}
 GROUP BY line_id, camera_id
 HAVING frames >= {{min_frames:UInt32}}
@@ -173,7 +173,7 @@ SELECT product, frames, defective, defect_rate,
 FROM
 (
     SELECT product, count() AS frames, countIf(is_defective) AS defective, defective / frames AS defect_rate
-    FROM {{db}}.verdicts FINAL
+    FROM {{db}}.verdicts_latest
     WHERE {_RANGE} AND ({{line_id:String}} = '' OR line_id = {{line_id:String}})
     GROUP BY product
 )
@@ -195,7 +195,7 @@ FROM
 (
     WITH ({side}) AS side,
          (SELECT quantilesExactInclusive(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)(score)
-          FROM {db}.verdicts FINAL
+          FROM {db}.verdicts_latest
           WHERE line_id = {line_id:String} AND ({product:String} = '' OR product = {product:String})
             AND {range} AND ({side}) = 'before') AS cuts
     SELECT side,
@@ -208,7 +208,7 @@ FROM
            -- decile bins of the "before" scores: bin k holds cuts[k-1] <= score < cuts[k]
            groupArray(arrayCount(c -> c <= score, cuts) + 1) AS bins,
            arrayMap(k -> countEqual(bins, k) / frames, range(1, length(cuts) + 2)) AS observed
-    FROM {db}.verdicts FINAL
+    FROM {db}.verdicts_latest
     WHERE line_id = {line_id:String} AND ({product:String} = '' OR product = {product:String})
       AND {range} AND side IN ('before', 'after')
     GROUP BY side
@@ -267,7 +267,7 @@ WHERE grain = {grain:String}
                                   if({grain:String} = 'day', INTERVAL 1 DAY, INTERVAL 1 HOUR))
   AND period < fromUnixTimestamp64Micro({until_us:Int64}, 'UTC')
   AND ({line_id:String} = '' OR line_id = {line_id:String})
-ORDER BY line_id, period, model_version
+ORDER BY line_id, period, model_name, model_version
 """,
     params={"since": "DateTime", "until": "DateTime", "grain": "String", "line_id": "String"},
     defaults=lambda: {**_last_days(7)(), "grain": "day", "line_id": ""},
@@ -283,7 +283,7 @@ SELECT line_id,
        count() AS frames,
        countIf(is_defective) AS defective,
        defective / frames AS defect_rate
-FROM {{db}}.verdicts FINAL
+FROM {{db}}.verdicts_latest
 WHERE {_RANGE} AND ({{line_id:String}} = '' OR line_id = {{line_id:String}})
 GROUP BY line_id, period
 ORDER BY line_id, period
@@ -305,7 +305,7 @@ SELECT line_id,
        count() AS frames,
        countIf(is_defective) AS defective,
        defective / frames AS defect_rate
-FROM {{db}}.verdicts FINAL
+FROM {{db}}.verdicts_latest
 WHERE {_RANGE}
 GROUP BY line_id
 ORDER BY line_id
@@ -320,9 +320,9 @@ _register(NamedQuery(
     description="The most recent defective frames (with their heatmap object keys), newest first.",
     sql=f"""
 SELECT frame_id, line_id, camera_id, product, captured_at, model_version, score, threshold, heatmap_key
-FROM {{db}}.verdicts FINAL
+FROM {{db}}.verdicts_latest
 WHERE is_defective AND {_RANGE} AND ({{line_id:String}} = '' OR line_id = {{line_id:String}})
-ORDER BY captured_at DESC, frame_id
+ORDER BY captured_at DESC, toString(frame_id)  -- hex order, as the ids read back
 LIMIT {{limit:UInt32}}
 """,
     params={"since": "DateTime", "until": "DateTime", "line_id": "String", "limit": "UInt32"},

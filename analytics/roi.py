@@ -104,7 +104,7 @@ def measure(settings: Settings, since: dt.datetime, until: dt.datetime, line: st
             f"""
             SELECT count() AS frames, countIf(is_defective) AS defective,
                    uniqExact(toStartOfHour(captured_at)) AS running_hours
-            FROM {store.database}.verdicts FINAL
+            FROM {store.database}.verdicts_latest
             WHERE captured_at >= fromUnixTimestamp64Micro({{since_us:Int64}}, 'UTC')
               AND captured_at < fromUnixTimestamp64Micro({{until_us:Int64}}, 'UTC')
               AND ({{line_id:String}} = '' OR line_id = {{line_id:String}})

@@ -2,12 +2,12 @@
 the ``model_references`` table, and loading a model folder's calibration reference into it.
 
 Why plain views and no materialised views: verdict delivery is at-least-once, so
-a frame can be inserted twice (a crashed processor, a re-read topic). The
-``verdicts`` table is a ReplacingMergeTree that collapses such replays only when
-parts merge; a materialised view would aggregate every inserted copy and count
-replays twice, forever. Every view here reads ``verdicts FINAL`` (through
-``verdicts_latest``), so each frame counts once -- its latest verdict, the one
-with the highest ``scored_at`` -- whether or not the merge has happened yet.
+a frame can be inserted twice (a crashed processor, a re-read topic), and a replay may be
+scored by another model version. A materialised view would aggregate every inserted copy
+(a per-hour ``uniqExact`` state counts frames once, but cannot tell which of two verdicts
+is the latest). Every view here reads ``verdicts_latest`` (:mod:`lineguard.stores.verdict_schema`):
+one row per frame, its latest verdict, grouped on the table's sort key with the filters
+pushed below the grouping -- no ``FINAL``.
 
 Drift: the manifest of every model carries a histogram of the scores of normal
 calibration images (``calibration.normal_histogram`` and ``normal_histogram_edges``).
@@ -74,13 +74,6 @@ def analytics_statements(database: str) -> list[str]:
     """The idempotent DDL of the analytics objects (after the sinks' own schema)."""
     db = database  # already checked by VerdictStore
     out = [
-        # One row per frame: its latest verdict. Everything below reads this.
-        f"""
-        CREATE OR REPLACE VIEW {db}.verdicts_latest AS
-        SELECT frame_id, line_id, camera_id, product, seq, captured_at, scored_at, model_name,
-               model_version, score, threshold, is_defective, heatmap_key, inference_ms, processor_id
-        FROM {db}.verdicts FINAL
-        """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.model_references
         (
@@ -157,7 +150,7 @@ def analytics_statements(database: str) -> list[str]:
 
 
 def create_analytics_schema(store: VerdictStore) -> None:
-    """Create the sinks' schema (table, hourly view), then the analytics objects. Idempotent."""
+    """Create the sinks' schema (table, latest and hourly views), then the analytics objects. Idempotent."""
     store.create_schema()
     for statement in analytics_statements(store.database):
         store.execute(statement)

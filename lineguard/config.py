@@ -61,6 +61,8 @@ class KafkaConfig(_Section):
     replication_factor: int | Literal["auto"] = Field(default="auto", ge=1)
     min_insync_replicas: int | Literal["auto"] = Field(default="auto", ge=1)
     verdict_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
+    # Frames are only needed until scored: a day of images, not the broker's week (see docs/deployment.md).
+    frames_retention_ms: int = Field(default=24 * 3600 * 1000, ge=60_000)
 
     @model_validator(mode="after")
     def _min_insync_fits(self) -> KafkaConfig:
@@ -111,6 +113,10 @@ class ProcessorConfig(_Section):
     threshold_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
     heatmaps: Literal["defective", "all", "none"] = "defective"
     model_poll_s: float = Field(default=2.0, gt=0)
+    # object_store: pull the promoted versions (`lineguard models promote`) from sinks.object_store into
+    # model_cache_dir instead of reading model_dir.
+    model_source: Literal["local", "object_store"] = "local"
+    model_cache_dir: Path = Path("model-cache")
     web_port: int = Field(default=0, ge=0, le=65535)
     inference_threads: int = Field(default=0, ge=0)  # 0: all cores
     # int8: score with a model folder's model.int8.onnx (`lineguard export --int8`) where it has one.
@@ -146,6 +152,8 @@ class ClickHouseConfig(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     database: str = "lineguard"
+    ttl_days: int = Field(default=365, ge=0)  # verdicts older than this are dropped (whole parts); 0 keeps all
+    cluster: str | None = None  # a ClickHouse cluster name: replicated, sharded DDL ON CLUSTER
 
     def secret(self) -> str:
         return _read_secret(self.password, self.password_file) or ""

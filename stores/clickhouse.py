@@ -8,7 +8,9 @@
 * :class:`ServerStore` talks to a ClickHouse server over HTTP with
   clickhouse-connect.
 
-Both create the same schema (:mod:`.verdict_schema`); reads that count use ``FINAL``.
+Both create the same schema (:mod:`.verdict_schema`); reads that count go through
+``verdicts_latest`` (one row per frame) or ``uniqExact(frame_id)``, never ``FINAL``. Both hand
+UUID columns back as 32-hex strings, the form ``frame_id`` has everywhere else.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import datetime as dt
 import fcntl
 import json
 import re
+import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -41,8 +44,11 @@ def _utc(value: dt.datetime) -> dt.datetime:
 class VerdictStore(abc.ABC):
     """Where verdicts live. Every method may raise on a transient failure; writers retry."""
 
-    def __init__(self, database: str = "lineguard") -> None:
+    def __init__(self, database: str = "lineguard", *, ttl_days: int | None = None,
+                 cluster: str | None = None) -> None:
         self.database = check_identifier(database)
+        self.ttl_days = ttl_days  # None or 0: keep verdicts forever
+        self.cluster = cluster    # None: one node; else the DDL's ON CLUSTER name
 
     @abc.abstractmethod
     def execute(self, sql: str) -> None:
@@ -61,12 +67,12 @@ class VerdictStore(abc.ABC):
 
     def create_schema(self) -> None:
         """Create database, table and view if missing (safe to call on every start)."""
-        for statement in schema_statements(self.database):
+        for statement in schema_statements(self.database, ttl_days=self.ttl_days, cluster=self.cluster):
             self.execute(statement)
 
     def count_frames(self) -> int:
         """Distinct frames stored (replays counted once)."""
-        rows = self.query(f"SELECT count() AS frames FROM {self.database}.verdicts FINAL")
+        rows = self.query(f"SELECT uniqExact(frame_id) AS frames FROM {self.database}.verdicts")
         return int(rows[0]["frames"])
 
     def __enter__(self) -> "VerdictStore":
@@ -120,14 +126,25 @@ def _from_json(value: Any, ch_type: str) -> Any:
         return _utc(dt.datetime.fromisoformat(value).replace(tzinfo=tz))
     if ch_type.startswith("Date"):
         return dt.date.fromisoformat(value)
+    if ch_type == "UUID":
+        return uuid.UUID(value).hex
+    return value
+
+
+def _from_client(value: Any) -> Any:
+    """clickhouse-connect's values in the chdb backend's forms (aware UTC, hex UUIDs)."""
+    if isinstance(value, dt.datetime):
+        return _utc(value)
+    if isinstance(value, uuid.UUID):
+        return value.hex
     return value
 
 
 class ChdbStore(VerdictStore):
     """ClickHouse embedded in this process. One process per path; see the module docstring."""
 
-    def __init__(self, path: str | Path, database: str = "lineguard") -> None:
-        super().__init__(database)
+    def __init__(self, path: str | Path, database: str = "lineguard", **schema: Any) -> None:
+        super().__init__(database, **schema)
         from chdb import session as chdb_session  # heavy import, only when used
 
         self.path = Path(path).expanduser().resolve()
@@ -198,8 +215,9 @@ class ServerStore(VerdictStore):
         compress: bool | str = True,
         connect_timeout_s: int = 10,
         send_receive_timeout_s: int = 120,
+        **schema: Any,
     ) -> None:
-        super().__init__(database)
+        super().__init__(database, **schema)
         import clickhouse_connect  # heavy import, only when used
 
         parts = urlsplit(url if "://" in url else f"http://{url}")
@@ -238,7 +256,7 @@ class ServerStore(VerdictStore):
         result = self._client.query(sql, parameters=parameters)
         rows = []
         for row in result.named_results():
-            rows.append({k: _utc(v) if isinstance(v, dt.datetime) else v for k, v in row.items()})
+            rows.append({k: _from_client(v) for k, v in row.items()})
         return rows
 
     def close(self) -> None:
@@ -250,6 +268,7 @@ class ServerStore(VerdictStore):
 def open_store(settings: Settings) -> VerdictStore:
     """The store the settings select (``sinks.clickhouse.backend``)."""
     cfg = settings.sinks.clickhouse
+    schema = {"ttl_days": cfg.ttl_days, "cluster": cfg.cluster}
     if cfg.backend == "chdb":
-        return ChdbStore(settings.chdb_path, cfg.database)
-    return ServerStore(cfg.url, cfg.username, cfg.secret(), cfg.database)
+        return ChdbStore(settings.chdb_path, cfg.database, **schema)
+    return ServerStore(cfg.url, cfg.username, cfg.secret(), cfg.database, **schema)

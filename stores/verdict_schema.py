@@ -1,16 +1,34 @@
 """The ClickHouse layout of verdicts: the DDL, and the insert columns derived from ``Verdict``.
 
-``verdicts`` is a ``ReplacingMergeTree(scored_at)`` ordered by ``(line_id, captured_at,
-frame_id)``: a frame's line and capture time never change, so a replayed verdict lands on
-the same sorting key and merges collapse replays to one row per frame (the latest
-``scored_at`` wins). Until a merge happens duplicates exist on disk, so every read that
-counts must use ``FINAL`` -- ``VerdictStore.count_frames()`` and ``verdicts_hourly`` do.
+``verdicts`` is a ``ReplacingMergeTree(scored_at_ns)`` ordered by ``(line_id, product,
+camera_id, captured_at_ns, frame_id)``. Everything in that key is fixed by the
+frame (a replay carries the same line, product, camera, capture time and id), so a replayed
+verdict lands on the same key and merges collapse replays to one row per frame (the latest
+``scored_at_ns`` wins). The leading low-cardinality columns let line, product and camera
+filters use the primary index; daily partitions serve time ranges.
+
+Until a merge happens duplicates exist on disk. Reads do not use ``FINAL`` (over a year of
+rows it merges every part at query time): ``verdicts_latest`` groups by the sort key and
+takes each frame's latest verdict with ``argMax(..., scored_at_ns)``; ClickHouse pushes
+filters on the key below that grouping, so a query for a week of one camera reads a week of
+one camera. ``count_frames`` is ``uniqExact(frame_id)``, replay-safe by construction.
+
+Storage: one timestamp per instant (``captured_at`` / ``scored_at`` are ALIAS columns
+computed from the stored ``*_ns`` integers), ``frame_id`` as ``UUID`` (16 bytes instead of
+32 characters; read back as the same 32-hex string), codecs on times, sequence and scores,
+and a TTL (``sinks.clickhouse.ttl_days``) that drops whole expired parts.
+
+With ``sinks.clickhouse.cluster`` set the DDL runs ``ON CLUSTER``: ``verdicts_local`` is a
+``ReplicatedReplacingMergeTree`` and ``verdicts`` a ``Distributed`` table sharded by
+``cityHash64(frame_id)``, so every replay of a frame lands on the shard holding it and
+replays still collapse.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,21 +39,34 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 # The insert columns are Verdict's fields, in its field order, so the two cannot drift;
 # the DDL below names them again with their ClickHouse types, and the tests check the
-# created table's insertable columns against this tuple. captured_at / scored_at are
-# MATERIALIZED from the ns integers so they can never disagree with them (and are
-# therefore left out of ``SELECT *``; name them explicitly).
+# created table's insertable columns against this tuple.
 VERDICT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Verdict))
+
+# The one stored instant of each event, as the DateTime64 every query filters on.
+CAPTURED_AT = "fromUnixTimestamp64Micro(intDiv(captured_at_ns, 1000), 'UTC')"
+SCORED_AT = "fromUnixTimestamp64Micro(intDiv(scored_at_ns, 1000), 'UTC')"
+
+
+def _frame_uuid(frame_id: str) -> str:
+    """A hex UUID frame id in ClickHouse's canonical form; anything else unchanged, so that
+    ClickHouse refuses it (CANNOT_PARSE_UUID: a permanent error, dead-lettered)."""
+    try:
+        return str(uuid.UUID(hex=frame_id))
+    except ValueError:
+        return frame_id
+
 
 # Plain Python values for the ClickHouse clients (a numpy float or int subclass would not
 # serialise to JSON, and a bool must not pass as an int).
 _TO_COLUMN: dict[type, Callable[[Any], Any]] = {str: str, int: int, float: float, bool: bool}
+_COLUMN_OVERRIDES: dict[str, Callable[[Any], Any]] = {"frame_id": _frame_uuid}
 
 
 def _column_converters() -> tuple[Callable[[Any], Any], ...]:
     converters = []
     for name in VERDICT_COLUMNS:
         wire_types, _required = Verdict.SPEC[name]
-        convert = _TO_COLUMN.get(wire_types[0])
+        convert = _COLUMN_OVERRIDES.get(name) or _TO_COLUMN.get(wire_types[0])
         if convert is None:  # fail at import, not at the first insert
             raise TypeError(f"Verdict.{name} ({wire_types[0].__name__}) has no ClickHouse column conversion")
         converters.append(convert)
@@ -53,52 +84,95 @@ def verdict_row(verdict: Verdict) -> list[Any]:
     ]
 
 
-def check_identifier(name: str) -> str:
-    """``name`` if it is a safe ClickHouse database name, else ConfigError."""
+def check_identifier(name: str, what: str = "database name") -> str:
+    """``name`` if it is a safe ClickHouse identifier, else ConfigError."""
     if not _IDENTIFIER.match(name or ""):
-        raise ConfigError(f"ClickHouse database name {name!r} must be letters, digits and '_' (max 64)")
+        raise ConfigError(f"ClickHouse {what} {name!r} must be letters, digits and '_' (max 64)")
     return name
 
 
-def schema_statements(database: str) -> list[str]:
-    """The idempotent DDL both backends run, in order."""
+_COLUMNS_DDL = f"""
+    (
+        frame_id       UUID,
+        line_id        LowCardinality(String),
+        camera_id      LowCardinality(String),
+        product        LowCardinality(String),
+        seq            Int64 CODEC(Delta, ZSTD(1)),
+        captured_at_ns Int64 CODEC(DoubleDelta, ZSTD(1)),
+        scored_at_ns   Int64 CODEC(DoubleDelta, ZSTD(1)),
+        model_name     LowCardinality(String),
+        model_version  LowCardinality(String),
+        score          Float64 CODEC(Gorilla, ZSTD(1)),
+        threshold      Float64 CODEC(Gorilla, ZSTD(1)),
+        is_defective   Bool,
+        heatmap_key    Nullable(String) CODEC(ZSTD(1)),
+        queue_wait_ms  Float64 CODEC(Gorilla, ZSTD(1)),
+        inference_ms   Float64 CODEC(Gorilla, ZSTD(1)),
+        processor_id   LowCardinality(String),
+        schema_version UInt16,
+        -- computed on read, never stored: one instant, one column
+        captured_at    DateTime64(6, 'UTC') ALIAS {CAPTURED_AT},
+        scored_at      DateTime64(6, 'UTC') ALIAS {SCORED_AT}
+    )"""
+
+# captured_at_ns keeps a camera's rows in time order (DoubleDelta needs that). No
+# toStartOfHour(captured_at) part: with it ClickHouse (chdb 4.4) fails time-range queries over
+# several parts with a LOGICAL_ERROR in key analysis; daily partitions prune the time range.
+_SORT_KEY = "(line_id, product, camera_id, captured_at_ns, frame_id)"
+
+
+def _table_tail(ttl_days: int | None) -> str:
+    ttl = ""
+    if ttl_days:
+        ttl = f"TTL toDateTime({CAPTURED_AT}) + INTERVAL {int(ttl_days)} DAY\n"
+    return (f"PARTITION BY toYYYYMMDD({CAPTURED_AT})\nORDER BY {_SORT_KEY}\n{ttl}"
+            # whole expired parts are dropped (daily partitions), never rewritten row by row
+            "SETTINGS ttl_only_drop_parts = 1")
+
+
+def _latest_view(db: str, on_cluster: str) -> str:
+    """One row per frame, its latest verdict: the replay-safe base of every count."""
+    # v.<column>: the stored column, not the alias of the same name below
+    latest = ", ".join(f"argMax(v.{c}, v.scored_at_ns) AS {c}" for c in (
+        "seq", "model_name", "model_version", "score", "threshold", "is_defective", "heatmap_key",
+        "queue_wait_ms", "inference_ms", "processor_id", "schema_version"))
+    return f"""
+        CREATE OR REPLACE VIEW {db}.verdicts_latest{on_cluster} AS
+        SELECT frame_id, line_id, camera_id, product, captured_at_ns,
+               max(v.scored_at_ns) AS scored_at_ns,
+               {CAPTURED_AT} AS captured_at, {SCORED_AT} AS scored_at, {latest}
+        FROM {db}.verdicts AS v
+        GROUP BY line_id, product, camera_id, captured_at_ns, frame_id
+        """
+
+
+def schema_statements(database: str, *, ttl_days: int | None = None, cluster: str | None = None) -> list[str]:
+    """The idempotent DDL both backends run, in order (the cluster form when ``cluster`` is set)."""
     db = check_identifier(database)
+    tail = _table_tail(ttl_days)
+    if cluster:
+        name = check_identifier(cluster, "cluster name")
+        on = f" ON CLUSTER {name}"
+        tables = [
+            f"CREATE TABLE IF NOT EXISTS {db}.verdicts_local{on}\n{_COLUMNS_DDL}\n"
+            f"ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/verdicts', "
+            f"'{{replica}}', scored_at_ns)\n{tail}",
+            # a frame's replays hash to the shard holding it, where they collapse
+            f"CREATE TABLE IF NOT EXISTS {db}.verdicts{on} AS {db}.verdicts_local\n"
+            f"ENGINE = Distributed({name}, {db}, verdicts_local, cityHash64(frame_id))",
+        ]
+    else:
+        on = ""
+        tables = [f"CREATE TABLE IF NOT EXISTS {db}.verdicts\n{_COLUMNS_DDL}\n"
+                  f"ENGINE = ReplacingMergeTree(scored_at_ns)\n{tail}"]
     return [
-        f"CREATE DATABASE IF NOT EXISTS {db}",
-        f"""
-        CREATE TABLE IF NOT EXISTS {db}.verdicts
-        (
-            frame_id       String,
-            line_id        LowCardinality(String),
-            camera_id      LowCardinality(String),
-            product        LowCardinality(String),
-            seq            Int64,
-            captured_at_ns Int64,
-            scored_at_ns   Int64,
-            captured_at    DateTime64(6, 'UTC') MATERIALIZED fromUnixTimestamp64Micro(intDiv(captured_at_ns, 1000), 'UTC'),
-            scored_at      DateTime64(6, 'UTC') MATERIALIZED fromUnixTimestamp64Micro(intDiv(scored_at_ns, 1000), 'UTC'),
-            model_name     LowCardinality(String),
-            model_version  LowCardinality(String),
-            score          Float64,
-            threshold      Float64,
-            is_defective   Bool,
-            heatmap_key    Nullable(String),
-            queue_wait_ms  Float64,
-            inference_ms   Float64,
-            processor_id   LowCardinality(String),
-            schema_version UInt16,
-            -- when the sink wrote the row (differs between replays; not part of the key)
-            ingested_at    DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC')
-        )
-        ENGINE = ReplacingMergeTree(scored_at)
-        PARTITION BY toYYYYMMDD(captured_at)
-        ORDER BY (line_id, captured_at, frame_id)
-        """,
-        # FINAL: the figures stay right while replayed duplicates are not merged yet.
+        f"CREATE DATABASE IF NOT EXISTS {db}{on}",
+        *tables,
+        _latest_view(db, on),
         # quantileExactInclusive is the usual linear-interpolation quantile (R7,
         # numpy's default), exact rather than sampled.
         f"""
-        CREATE VIEW IF NOT EXISTS {db}.verdicts_hourly AS
+        CREATE OR REPLACE VIEW {db}.verdicts_hourly{on} AS
         SELECT
             line_id,
             product,
@@ -109,7 +183,7 @@ def schema_statements(database: str) -> list[str]:
             avg(score) AS avg_score,
             quantileExactInclusive(0.5)(score) AS p50_score,
             quantileExactInclusive(0.95)(score) AS p95_score
-        FROM {db}.verdicts FINAL
+        FROM {db}.verdicts_latest
         GROUP BY line_id, product, hour
         """,
     ]

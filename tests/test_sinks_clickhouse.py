@@ -8,6 +8,7 @@ import datetime as dt
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,13 +38,17 @@ def test_create_schema_is_idempotent_and_has_the_replacing_layout(verdict_store:
             {"db": db},
         )
     }
-    assert set(tables) == {"verdicts", "verdicts_hourly"}
+    assert set(tables) == {"verdicts", "verdicts_latest", "verdicts_hourly"}
     verdicts = tables["verdicts"]
     assert verdicts["engine"] == "ReplacingMergeTree"
-    assert "ReplacingMergeTree(scored_at)" in verdicts["engine_full"]
-    assert verdicts["sorting_key"] == "line_id, captured_at, frame_id"
-    assert verdicts["partition_key"] == "toYYYYMMDD(captured_at)"
-    assert tables["verdicts_hourly"]["engine"] == "View"
+    assert "ReplacingMergeTree(scored_at_ns)" in verdicts["engine_full"]
+    captured = "fromUnixTimestamp64Micro(intDiv(captured_at_ns, 1000), 'UTC')"
+    # line, product and camera filters use the index; every key part is fixed by the frame
+    assert verdicts["sorting_key"] == "line_id, product, camera_id, captured_at_ns, frame_id"
+    assert verdicts["partition_key"] == f"toYYYYMMDD({captured})"
+    assert "ttl_only_drop_parts = 1" in verdicts["engine_full"]
+    assert "TTL" not in verdicts["engine_full"]  # a store opened without ttl_days keeps everything
+    assert tables["verdicts_latest"]["engine"] == tables["verdicts_hourly"]["engine"] == "View"
     columns = {
         row["name"]: row["type"]
         for row in verdict_store.query(
@@ -54,6 +59,7 @@ def test_create_schema_is_idempotent_and_has_the_replacing_layout(verdict_store:
     for field in dataclasses.fields(make_verdicts(1)[0]):
         assert field.name in columns, f"Verdict field {field.name} has no column"
     assert columns["captured_at"] == columns["scored_at"] == "DateTime64(6, 'UTC')"
+    assert columns["frame_id"] == "UUID"
 
 
 def test_insert_columns_are_verdicts_fields_and_the_tables_plain_columns(verdict_store: VerdictStore) -> None:
@@ -75,7 +81,10 @@ def test_verdict_row_hands_the_clients_plain_python_values() -> None:
         make_verdicts(1)[0], seq=np.int64(7), score=np.float32(0.5), is_defective=np.bool_(True), heatmap_key=None
     )
     row = dict(zip(VERDICT_COLUMNS, verdict_row(verdict)))
-    assert row == dataclasses.asdict(verdict)
+    # frame ids are hex UUID4s: the UUID column takes their canonical form
+    assert row == {**dataclasses.asdict(verdict), "frame_id": str(uuid.UUID(verdict.frame_id))}
+    # anything else goes through unchanged, for ClickHouse to refuse (a permanent, dead-lettered error)
+    assert verdict_row(dataclasses.replace(verdict, frame_id="f1"))[0] == "f1"
     assert type(row["seq"]) is int and type(row["score"]) is float and type(row["is_defective"]) is bool
     assert row["heatmap_key"] is None
 

@@ -40,7 +40,8 @@ def _wanted_topics(kafka_cfg: KafkaConfig, line_ids: Iterable[str], live_brokers
     wanted: list[NewTopic] = []
     for line_id in dict.fromkeys(line_ids):  # de-duplicated, order kept
         # Verdict and heatmap topics get as many partitions as frames so sinks scale like processors.
-        wanted.append(NewTopic(topics.frames(line_id), parts, rf, config=dict(size)))
+        frames_cfg = {**size, "retention.ms": str(kafka_cfg.frames_retention_ms)}
+        wanted.append(NewTopic(topics.frames(line_id), parts, rf, config=frames_cfg))
         wanted.append(NewTopic(topics.verdicts(line_id), parts, rf, config=dict(retained)))
         wanted.append(NewTopic(topics.heatmaps(line_id), parts, rf, config=dict(size)))
     wanted.append(NewTopic(topics.DEADLETTER, 1, rf, config=dict(size)))
