@@ -110,6 +110,8 @@ _COLUMNS_DDL = f"""
         inference_ms   Float64 CODEC(Gorilla, ZSTD(1)),
         processor_id   LowCardinality(String),
         schema_version UInt16,
+        -- when the row reached ClickHouse (capture -> row latency); the sink never sends it
+        ingested_at    DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
         -- computed on read, never stored: one instant, one column
         captured_at    DateTime64(6, 'UTC') ALIAS {CAPTURED_AT},
         scored_at      DateTime64(6, 'UTC') ALIAS {SCORED_AT}

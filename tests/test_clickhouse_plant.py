@@ -135,7 +135,8 @@ def test_bytes_per_verdict_row_after_codecs(store: ChdbStore) -> None:
     total = sum(per_column.values())
     print("\nbytes per row: " + ", ".join(f"{c}={b:.1f}" for c, b in sorted(per_column.items(), key=lambda x: -x[1]))
           + f"; total={total:.1f}")
-    assert set(per_column) == {f.name for f in dataclasses.fields(Verdict)}  # no stored duplicate instants
+    # no stored duplicate instants: Verdict's fields, plus the arrival time ClickHouse stamps itself
+    assert set(per_column) == {f.name for f in dataclasses.fields(Verdict)} | {"ingested_at"}
     assert per_column["frame_id"] <= 17  # 16-byte UUIDs (random: nothing to compress)
     # 8 raw bytes each; what is left is the ~1 ms capture jitter (random here)
     assert per_column["captured_at_ns"] < 5 and per_column["seq"] < 1  # DoubleDelta / Delta at work
