@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 PIP    := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip --disable-pip-version-check
 STAMP  := $(VENV)/.stamp
 
-.PHONY: demo test venv train-deps stack-deps browser-deps stack-up stack-down clean help
+.PHONY: demo test venv train-deps stack-deps browser-deps helm-deps stack-up stack-down clean help
 
 help:
 	@echo "make demo   - set up, fit PatchCore, run 2 lines through Kafka -> processors -> sinks"
@@ -53,7 +53,17 @@ demo: train-deps
 browser-deps:
 	bash tests/browser/install.sh
 
-test: stack-deps train-deps browser-deps
+# helm v4 for the chart's tests (helm lint / helm template), built from the Go module proxy into
+# .cache/bin once; tests/test_helm.py finds it there.
+HELM_VERSION := v4.3.2
+HELM := .cache/bin/helm
+
+$(HELM):
+	GOBIN=$(CURDIR)/.cache/bin go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+
+helm-deps: $(HELM)
+
+test: stack-deps train-deps browser-deps helm-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean: stack-down

@@ -20,7 +20,7 @@ TIMEOUT_S = 5.0
 
 
 def check_http(url: str) -> None:
-    """The service's own web endpoint answers 2xx (the processor's faust web server)."""
+    """The service's own endpoint answers 2xx (a processor's or sink's /ready, the API's /health)."""
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 - a fixed local URL
         if not 200 <= response.status < 300:
             raise RuntimeError(f"{url} answered {response.status}")

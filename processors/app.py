@@ -69,8 +69,19 @@ class FrameProcessor:
         self._dead_letter_slots = asyncio.Semaphore(MAX_DEAD_LETTERS_IN_FLIGHT)
         self._dead_letter_tasks: set[asyncio.Task] = set()
         self._last_report = time.monotonic()
+        self.joined = False  # a rebalance completed: this worker is a member of the group
         self.lag = LagTracker(settings.kafka, pconf.consumer_group, gauge=prom.CONSUMER_LAG)
         prom.PENDING.set_function(lambda: self.counts["frames_in"] - self.counts["acked"])
+
+    def not_ready(self) -> str | None:
+        """Why this worker cannot score yet (``/ready``): not in the group, rebalancing, or no model loaded."""
+        if not self.joined:
+            return "joining the consumer group"
+        if self.app.rebalancing:
+            return "rebalancing"
+        if not self.registry.loaded():
+            return f"no model loaded from {self.registry.model_dir}"
+        return None
 
     def _limits_for(self, key: str) -> BatchLimits:
         product = key.split("@", 1)[0]
@@ -237,6 +248,16 @@ def build_app(settings: Settings, frame_topics: list[str]) -> tuple[faust.App, F
         processor.stream = manual
         async for event in manual.events():
             await processor.accept(event)
+
+    @app.on_rebalance_complete.connect
+    async def _joined(sender: Any, **_kwargs: Any) -> None:
+        processor.joined = True
+
+    @app.task
+    async def load_models() -> None:
+        # Loaded before the first frame, so readiness means "can score" and the first batch is not slow.
+        models = await asyncio.get_running_loop().run_in_executor(None, processor.registry.load_all)
+        log.info("models loaded: %s", [m.folder for m in models] or "none")
 
     @app.timer(10.0)
     async def report() -> None:

@@ -38,10 +38,11 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
         print("lineguard: no lines to process (set processor.lines or --lines, e.g. '*' for every line)")
         return 2
     ensure_topics(settings.kafka, selection.ids)
-    from lineguard.metrics import serve_metrics
+    from lineguard.metrics import serve_metrics, set_readiness
 
     serve_metrics(pconf.metrics_port, settings.metrics_host, "processor")
-    app, _ = build_app(settings, wait_for_frame_topics(selection, settings.kafka))
+    app, processor = build_app(settings, wait_for_frame_topics(selection, settings.kafka))
+    set_readiness(processor.not_ready)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
                           override_logging=False)
     worker.execute_from_commandline()

@@ -48,7 +48,7 @@ def _parse_lines(value: str) -> list[str] | None:
 
 def run_sink(args: argparse.Namespace, settings: Settings) -> int:
     lines = _parse_lines(args.lines)
-    from lineguard.metrics import serve_metrics
+    from lineguard.metrics import serve_metrics, set_readiness
 
     from .runner import SinkRunner
 
@@ -70,6 +70,7 @@ def run_sink(args: argparse.Namespace, settings: Settings) -> int:
         store = open_object_store(settings)
         writer = HeatmapWriter(settings, store)
     sink = SinkRunner(settings, writer, lines=lines, group_id=args.group)
+    set_readiness(sink.not_ready)
     # SIGINT/SIGTERM: finish the batch, commit, leave the group (restored afterwards, so
     # calling this handler in-process, as tests do, leaves the caller's handlers alone).
     previous = {signum: signal.signal(signum, lambda *_: stop.set())

@@ -160,6 +160,16 @@ class SinkRunner(Generic[T]):
             self._shutdown()
         return self.metrics
 
+    def not_ready(self) -> str | None:
+        """Why this sink is not consuming (``/ready``): not started, joining, partitions taken, stuck or retrying."""
+        if self._stop.is_set() or self.member.consumer is None:
+            return "not consuming"
+        if self._assigned_at is None:
+            return "joining the consumer group"
+        if self._in_retry:
+            return "a write is failing (retrying, partitions paused)"
+        return self.watchdog.stuck() or self.watchdog.waiting()
+
     def _maybe_reopen(self, consumer: Consumer) -> Consumer:
         """A consumer whose group coordinator stopped answering is closed and a new one subscribes;
         messages it had not committed are read again by the new one."""

@@ -37,6 +37,10 @@ class StuckConsumerWatchdog:
         """A new consumer: nothing taken from it yet."""
         self._unassigned_since = None
 
+    def waiting(self) -> str | None:
+        """Partitions were taken and no assignment followed yet (a rebalance in progress), or None."""
+        return None if self._unassigned_since is None else "rebalancing"
+
     def stuck(self) -> str | None:
         """Why the consumer looks stuck, or None."""
         if self._unassigned_since is not None:
