@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from lineguard.cli_options import add_output_file
 from lineguard.config import Settings
@@ -15,6 +16,8 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
     from .pipeline import PipelineBenchConfig, markdown, run, write_outputs
 
+    if args.brokers:
+        settings.stack.brokers = args.brokers
     stack = LocalStack.from_settings(settings)
     started_here = stack.running("kafka") is None
     info = stack.up(with_s3=False)
@@ -26,6 +29,8 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
                               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                               workers=workers[0], more_workers=tuple(workers[1:]),
                               latency_seconds=args.latency_seconds, poison_share=args.poison_share)
+    if (args.brokers or 1) > 1:
+        return _pipeline_cluster(settings, cfg, tuple(workers), args.out, stack if started_here else None)
     try:
         result = run(settings, cfg)
     finally:
@@ -36,6 +41,21 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps({k: result[k] for k in ("pipeline_fps", "engine_fps", "kafka_fps", "p50_capture_to_verdict_ms",
                                              "p99_capture_to_verdict_ms", "p99_capture_to_row_ms", "max_wait_ms",
                                              "batch_scoring_ms")}))
+    return 0
+
+
+def _pipeline_cluster(settings: Settings, cfg: Any, workers: tuple[int, ...], out: str | None,
+                      stack_to_stop: Any) -> int:
+    """``bench pipeline --brokers N``: RF 1 against RF 3 per worker count (``stack_to_stop``: started here)."""
+    from . import pipeline_cluster
+
+    try:
+        result = pipeline_cluster.run(settings, cfg, workers)
+    finally:
+        if stack_to_stop is not None:
+            stack_to_stop.down()
+    pipeline_cluster.write_outputs(result, out)
+    print(pipeline_cluster.markdown(result))
     return 0
 
 
@@ -98,6 +118,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=int, default=50)
     p.add_argument("--workers", default="1",
                    help="processor workers in one consumer group; a list (1,2) measures each in turn")
+    p.add_argument("--brokers", type=int, default=None,
+                   help="Kafka nodes of the stack (started if needed); 3 or more: the throughput phase with "
+                        "RF 1 and RF 3 on the same cluster, for each worker count, side by side")
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--poison-share", type=float, default=0.0,
                    help="then the throughput phase again with this share of hostile messages (e.g. 0.2)")

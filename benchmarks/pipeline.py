@@ -38,14 +38,16 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+from lineguard.components import Component
 from lineguard.config import Settings
 from lineguard.harness import LocalPipeline, cpu_seconds, peak_rss_mib
-from lineguard.kafka import count_messages, ensure_topics, producer_client
+from lineguard.kafka import cameras_for_partitions, count_messages, ensure_topics, producer_client
 from lineguard.schemas import Verdict, topics
 
 from .hostile import poison_frames
@@ -74,8 +76,15 @@ class PipelineBenchConfig:
     poison_share: float = 0.0  # of the frame messages in the poison phase (0: no poison phase)
 
 
-def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Path,
-                     jpegs: list[bytes], work: Path) -> dict[str, Any]:
+def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Path, jpegs: list[bytes], work: Path,
+                     after_throughput: Callable[[LocalPipeline], dict[str, Any]] | None = None,
+                     join_first: Callable[[LocalPipeline], None] | None = None) -> dict[str, Any]:
+    """Phases 3 and 4.
+
+    ``join_first``: the workers start before the backlog is written and this waits until they have
+    joined (for per-worker shares: otherwise the first worker up can score a short backlog alone).
+    ``after_throughput``: called with the workers still in their group; its figures join the result.
+    """
     tag = uuid.uuid4().hex[:6]
     lines = [f"bench{tag}-{i + 1}" for i in range(cfg.lines)]
     ensure_topics(settings.kafka, lines)
@@ -97,8 +106,11 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
             except BufferError:
                 producer.poll(0.05)
 
+    # The camera is the key: cameras chosen to land on every partition, so every worker gets work.
+    cameras = {line: cameras_for_partitions(line, CAMERAS_PER_LINE, settings.kafka.frame_partitions) for line in lines}
+
     def produce(line: str, jpeg: bytes, seq: int) -> None:
-        camera = f"{line}-cam{seq % CAMERAS_PER_LINE}"  # the camera is the key: cameras spread over partitions
+        camera = cameras[line][seq % len(cameras[line])]
         send(line, camera, frame_bytes(jpeg, line, cfg.product, seq, camera))
 
     # Phase 3: a backlog, then the processors and the sink. With a poison share, hostile messages are
@@ -110,6 +122,20 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         for j, line in enumerate(lines):
             other = lines[(j + 1) % len(lines)] if len(lines) > 1 else "no-such-line"
             hostile[line] = [value for _, value in poison_frames(line, other, cfg.product, f"{line}-cam0", jpegs[0])]
+    processors: list[Component] = []
+
+    def start_workers() -> Component:
+        processors.extend(pipeline.processor(LINEGUARD_PROCESSOR__PROCESSOR_ID=f"bench-{tag}-{w}")
+                          for w in range(cfg.workers))
+        return pipeline.sink("clickhouse")
+
+    if join_first:
+        sink = start_workers()
+        try:
+            join_first(pipeline)
+        except BaseException:
+            pipeline.stop_all()
+            raise
     deadletters_before = count_messages(settings.kafka, topics.DEADLETTER)
     for i, jpeg in enumerate(jpegs):
         for line in lines:
@@ -126,25 +152,27 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
     # CPU seconds per component over the same window as the rate: where a 2-core machine's time goes.
     from lineguard.deploy.stack import LocalStack
 
-    broker_pid = LocalStack.from_settings(settings).running("kafka")
+    broker_pids = list(LocalStack.from_settings(settings).kafka.running().values())  # every node of a cluster
     cpu_marks: list[dict[str, float]] = []
+    by_processor: Counter[str] = Counter()  # throughput-phase verdicts per worker
 
     def cpu_now() -> dict[str, float]:
         return {"processors": sum(cpu_seconds(p.pid) for p in processors), "sink": cpu_seconds(sink.pid),
-                "kafka_broker": cpu_seconds(broker_pid), "bench_consumer": time.process_time()}
+                "kafka_broker": sum(cpu_seconds(pid) for pid in broker_pids), "bench_consumer": time.process_time()}
 
     def record(msg) -> None:  # noqa: ANN001
-        Verdict.decode(msg.value())  # every verdict must decode: it counts only then
+        by_processor[Verdict.decode(msg.value()).processor_id] += 1  # every verdict must decode: it counts only then
         arrivals.append(time.time_ns())
         if len(arrivals) in (skip + 1, n):
             cpu_marks.append(cpu_now())
 
-    processors = [pipeline.processor(LINEGUARD_PROCESSOR__PROCESSOR_ID=f"bench-{tag}-{w}") for w in range(cfg.workers)]
-    sink = pipeline.sink("clickhouse")
+    if not join_first:
+        sink = start_workers()
     try:
         seen = consume(settings, verdict_topics, n, 900, record)
         if seen < n:
             raise RuntimeError(f"only {seen} of {n} verdicts arrived; see {work}")
+        observed = after_throughput(pipeline) if after_throughput else {}
         processor_peak_rss = max(peak_rss_mib(p.pid) for p in processors)
         poison_total = sum(poison_sent.values())
         deadline = time.monotonic() + 60
@@ -223,6 +251,8 @@ def measure_pipeline(settings: Settings, cfg: PipelineBenchConfig, model_dir: Pa
         "processor_peak_rss_mib": processor_peak_rss,
         "poison_frames": poison_total,
         "dead_letters": dead_letters,
+        "verdicts_by_processor": dict(sorted(by_processor.items())),
+        **observed,
     }
 
 
@@ -251,9 +281,8 @@ def measure_poison(settings: Settings, cfg: PipelineBenchConfig, model_dir: Path
     }
 
 
-def run(settings: Settings, cfg: PipelineBenchConfig) -> dict[str, Any]:
-    if not 0.0 <= cfg.poison_share < 1.0:
-        raise ValueError(f"poison_share must be in [0, 1), got {cfg.poison_share}")
+def prepare(cfg: PipelineBenchConfig) -> tuple[Path, Path, list[bytes]]:
+    """A work folder, the folder of model folders (a baseline fitted there when none is given), the frames."""
     work = Path(tempfile.mkdtemp(prefix="lineguard-bench-"))
     model_dir = cfg.model_dir
     if model_dir is None:
@@ -264,7 +293,13 @@ def run(settings: Settings, cfg: PipelineBenchConfig) -> dict[str, Any]:
         SyntheticCamera(product=cfg.product, size=cfg.size, seed=1).write_mvtec(data, 60, 2, 2)
         model_dir = work / "models"
         train("baseline", data, model_dir / cfg.product, name=cfg.product, version="bench")
-    jpegs = render_frames(cfg.size, cfg.frames, cfg.data, cfg.defect_share)
+    return work, model_dir, render_frames(cfg.size, cfg.frames, cfg.data, cfg.defect_share)
+
+
+def run(settings: Settings, cfg: PipelineBenchConfig) -> dict[str, Any]:
+    if not 0.0 <= cfg.poison_share < 1.0:
+        raise ValueError(f"poison_share must be in [0, 1), got {cfg.poison_share}")
+    work, model_dir, jpegs = prepare(cfg)
     tag = uuid.uuid4().hex[:6]
     result: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
                               "cpu_count": os.cpu_count(), "max_wait_ms": cfg.max_wait_ms,

@@ -26,7 +26,7 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
         pconf.batching.max_batch = args.max_batch
     if args.max_wait_ms is not None:
         pconf.batching.max_wait_ms = args.max_wait_ms
-    if not pconf.model_dir.is_dir():
+    if pconf.model_source == "local" and not pconf.model_dir.is_dir():  # object_store: a cache, filled on pull
         print(f"lineguard: model dir {pconf.model_dir} does not exist (train a model first: lineguard train)")
         return 2
     try:

@@ -26,11 +26,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from lineguard.components import Component
 from lineguard.config import KafkaConfig
 from lineguard.harness import LocalPipeline, describe, status_kib, wait_for
-from lineguard.kafka import ensure_topics, read_topic
+from lineguard.kafka import cameras_for_partitions, ensure_topics, read_topic
 from lineguard.schemas import DeadLetter, Frame, Verdict, topics
 from lineguard.stores import ChdbStore, VerdictStore
 
 from pipeline_helpers import read_topics
+
+
+def fit_fault_models(root: Path) -> Path:
+    """A baseline model for the synthetic washer under ``root``; returns its folder of model folders."""
+    from lineguard.engines.training import train
+    from lineguard.producers.synthetic import SyntheticCamera
+
+    data = root / "data"
+    SyntheticCamera(product="washer", size=128, seed=1).write_mvtec(data, n_train=30, n_test_good=2, n_test_defect=2)
+    train("baseline", data, root / "models" / "washer", name="washer", version="faults")
+    return root / "models"
 
 
 def log_text(comp: Component) -> str:
@@ -76,20 +87,6 @@ def assigned_partitions(port: int) -> set[tuple[str, str]]:
         return set()
     return {(dict(labels)["topic"], dict(labels)["partition"]) for (name, labels) in samples
             if name == "lineguard_processor_consumer_lag"}
-
-
-def cameras_for_partitions(line: str, n: int, partitions: int) -> list[str]:
-    """``n`` camera ids for ``line`` whose keys land on distinct partitions (librdkafka's default
-    partitioner hashes the key with CRC-32), so frames spread over every partition."""
-    import zlib
-
-    chosen: dict[int, str] = {}
-    k = 0
-    while len(chosen) < min(n, partitions):
-        camera = f"{line}-cam{k}"
-        chosen.setdefault(zlib.crc32(camera.encode()) % partitions, camera)
-        k += 1
-    return list(chosen.values())
 
 
 def rss_kib(pid: int) -> int:

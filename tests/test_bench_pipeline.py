@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from lineguard.benchmarks.pipeline import PipelineBenchConfig, markdown, run
 from lineguard.benchmarks.pipeline_ceilings import render_frames
 from lineguard.config import Settings
@@ -44,3 +46,22 @@ def test_bench_pipeline_counts_every_frame(settings: Settings) -> None:
     assert len(poison["clean_fps"]) == len(poison["poison_fps"]) == 3
     assert poison["share_of_clean_fps"] > 0 and poison["processor_peak_rss_mib"] > 0
     assert "hostile messages" in markdown(result)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_bench_pipeline_on_a_cluster_compares_rf1_and_rf3_and_reports_each_workers_share(
+        cluster_settings: Settings) -> None:
+    """``bench pipeline --brokers 3``: the throughput phase on RF 1 and RF 3 topics of one cluster, two workers."""
+    from lineguard.benchmarks import pipeline_cluster
+
+    cfg = PipelineBenchConfig(lines=2, frames=24, size=64)
+    result = pipeline_cluster.run(cluster_settings, cfg, workers=(2,))
+    assert result["brokers"] == 3 and set(result["kafka"]) == {"1", "3"}
+    assert [(r["replication_factor"], r["replicas_seen"]) for r in result["runs"]] == [(1, [1]), (3, [3])]
+    for r in result["runs"]:
+        assert r["pipeline_frames"] == 48 and math.isfinite(r["pipeline_fps"]) and r["pipeline_fps"] > 0
+        # Two lines x two partitions over two workers: two each, every verdict counted for one of them.
+        assert r["frame_partitions"] == 4 and r["partitions_per_member"] == [2, 2]
+        assert sum(r["frames_per_worker"]) == 48 and len(r["frames_per_worker"]) <= 2
+    assert "RF 3 / RF 1" in pipeline_cluster.markdown(result)

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from lineguard.engines.training import train
 from lineguard.producers.synthetic import SyntheticCamera
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fault_helpers import ChdbHttpServer, FaultPipeline, assigned_partitions, committed, free_port, log_text, try_scrape_sum  # noqa: E402
+from fault_helpers import (ChdbHttpServer, FaultPipeline, assigned_partitions, committed, fit_fault_models,  # noqa: E402
+                           free_port, log_text, try_scrape_sum)
 from pipeline_helpers import wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -37,11 +37,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A baseline model for the synthetic washer, fitted once for the module."""
-    root = tmp_path_factory.mktemp("fault-models")
-    data = root / "data"
-    SyntheticCamera(product="washer", size=128, seed=1).write_mvtec(data, n_train=30, n_test_good=2, n_test_defect=2)
-    train("baseline", data, root / "models" / "washer", name="washer", version="faults")
-    return root / "models"
+    return fit_fault_models(tmp_path_factory.mktemp("fault-models"))
 
 
 def _up(port: int) -> bool:

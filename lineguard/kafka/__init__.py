@@ -19,6 +19,7 @@ from lineguard.kafka.clients import (
     ssl_context,
     topic_max_message_bytes,
 )
+from lineguard.kafka.keys import cameras_for_partitions, partition_of_key
 from lineguard.kafka.offsets import (
     LagProbe,
     LagTracker,
@@ -37,6 +38,7 @@ __all__ = [
     "Record",
     "SizeLimits",
     "admin_client",
+    "cameras_for_partitions",
     "client_config",
     "committed_offsets",
     "consumer_client",
@@ -45,6 +47,7 @@ __all__ = [
     "ensure_topics",
     "faust_broker_settings",
     "group_lag",
+    "partition_of_key",
     "producer_client",
     "producer_config",
     "read_topic",
