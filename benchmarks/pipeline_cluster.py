@@ -21,11 +21,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from confluent_kafka import ConsumerGroupState
+from confluent_kafka import ConsumerGroupState, KafkaException
 
 from lineguard.config import Settings
 from lineguard.harness import LocalPipeline
-from lineguard.kafka import admin_client
+from lineguard.kafka import admin_client, coordinator_not_ready
 
 from .pipeline import PipelineBenchConfig, measure_pipeline, prepare
 from .pipeline_ceilings import measure_kafka
@@ -46,7 +46,13 @@ def wait_for_members(pipeline: LocalPipeline, members: int, timeout_s: float = 1
     frame_topics = set(pipeline.frame_topics())
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        group = admin.describe_consumer_groups([pipeline.group])[pipeline.group].result(timeout=30)
+        try:
+            group = admin.describe_consumer_groups([pipeline.group])[pipeline.group].result(timeout=30)
+        except (KafkaException, TimeoutError) as exc:  # the group's coordinator is not ready yet
+            if isinstance(exc, KafkaException) and not coordinator_not_ready(exc.args[0]):
+                raise
+            time.sleep(1.0)
+            continue
         holding = [m for m in group.members if any(tp.topic in frame_topics for tp in m.assignment.topic_partitions)]
         if group.state == ConsumerGroupState.STABLE and len(group.members) == members \
                 and len(holding) == min(members, len(frame_topics) * pipeline.kafka.frame_partitions):

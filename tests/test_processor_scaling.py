@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import faust
+from confluent_kafka import KafkaException
 import pytest
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 from faust.assignor.client_assignment import ClientAssignment, ClientMetadata
@@ -21,7 +22,7 @@ from faust.assignor.client_assignment import ClientAssignment, ClientMetadata
 from lineguard.config import KafkaConfig
 from lineguard.engines.training import train
 from lineguard.harness import LocalPipeline, describe, wait_for
-from lineguard.kafka import admin_client, ensure_topics, producer_client
+from lineguard.kafka import admin_client, coordinator_not_ready, ensure_topics, producer_client
 from lineguard.processors.assignor import LineSpreadingAssignor, spread_partitions
 from lineguard.processors.lines import LINE_DISCOVERY_S, LineSelection
 from lineguard.producers.synthetic import SyntheticCamera
@@ -186,7 +187,12 @@ def _pipeline(stack, tmp_path: Path, models: Path, lines: int) -> LocalPipeline:
 def group_assignment(kafka: KafkaConfig, group: str) -> tuple[str, list[set[Partition]]]:
     """The group's state as the broker reports it and each member's partitions."""
     admin = admin_client(kafka)
-    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    try:
+        description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    except (KafkaException, TimeoutError) as exc:  # the group's coordinator is not ready yet
+        if isinstance(exc, KafkaException) and not coordinator_not_ready(exc.args[0]):
+            raise
+        return "", []
     return description.state.name, [{(tp.topic, tp.partition) for tp in m.assignment.topic_partitions}
                                     for m in description.members]
 

@@ -4,7 +4,7 @@ offsets and lag, and reading a topic through to its end.
 Import from ``lineguard.kafka``; the submodules are an implementation detail.
 """
 
-from lineguard.kafka.admin import ensure_topics
+from lineguard.kafka.admin import coordinator_not_ready, ensure_topics
 from lineguard.kafka.clients import (
     FRAMING_HEADROOM_BYTES,
     SizeLimits,
@@ -43,6 +43,7 @@ __all__ = [
     "committed_offsets",
     "consumer_client",
     "consumer_config",
+    "coordinator_not_ready",
     "count_messages",
     "ensure_topics",
     "faust_broker_settings",

@@ -101,3 +101,14 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) ->
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics without a leader after {timeout_s}s: {sorted(pending)}")
         time.sleep(0.1)
+
+
+_COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                          KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
+
+
+def coordinator_not_ready(error: KafkaError) -> bool:
+    """True for the errors a group request gets while its coordinator is still being chosen or
+    loaded (a new cluster, a moved ``__consumer_offsets`` leader): ask again, it is not a failure.
+    librdkafka does not mark NOT_COORDINATOR retriable."""
+    return error.retriable() or error.code() in _COORDINATOR_NOT_READY
