@@ -10,16 +10,17 @@ BIN    := $(VENV)/bin
 PIP    := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip --disable-pip-version-check
 STAMP  := $(VENV)/.stamp
 
-.PHONY: demo test venv train-deps stack-deps browser-deps helm-deps stack-up stack-down clean help
+.PHONY: demo test venv train-deps stack-deps browser-deps helm-deps openvino-deps gpu-install-test stack-up stack-down clean help
 
 help:
 	@echo "make demo   - set up, fit PatchCore, run 2 lines through Kafka -> processors -> sinks"
 	@echo "make test   - set up and run the whole test suite (starts Kafka and an S3 server)"
 
+# cpu: the ONNX Runtime flavour (pyproject.toml's extras); a GPU host installs '.[gpu,tensorrt,dev]' instead.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[cpu,dev]'
 	touch $@
 
 venv: $(STAMP)
@@ -32,6 +33,17 @@ $(VENV)/.train-stamp: $(STAMP)
 	touch $@
 
 train-deps: $(VENV)/.train-stamp
+
+# onnxruntime-openvino installs the same `onnxruntime` module as the CPU wheel, so the OpenVINO provider gets
+# its own venv (.cache/venv-openvino) for `lineguard bench engine --openvino` and tests/test_openvino.py.
+openvino-deps: $(STAMP)
+	$(BIN)/python -m lineguard.benchmarks.openvino_venv
+
+# The `gpu` flavour in a fresh virtualenv: pip resolves '.[gpu]', and onnxruntime lists the CUDA and TensorRT
+# providers with no CPU `onnxruntime` beside it (no GPU needed). About 2 GB of wheels (1.6 GB the GPU flavour), once into
+# .cache/wheels-gpu; `make test` skips it unless LINEGUARD_GPU_INSTALL_TEST=1.
+gpu-install-test: $(STAMP)
+	LINEGUARD_GPU_INSTALL_TEST=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_onnxruntime_flavours.py
 
 # Kafka jars (Maven Central) and the versitygw S3 server (Go module proxy), cached in .cache/.
 stack-deps: $(STAMP)
@@ -63,7 +75,7 @@ $(HELM):
 
 helm-deps: $(HELM)
 
-test: stack-deps train-deps browser-deps helm-deps
+test: stack-deps train-deps browser-deps helm-deps openvino-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean: stack-down

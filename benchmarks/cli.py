@@ -92,11 +92,45 @@ def _engine(args: argparse.Namespace, settings: Settings) -> int:
     from .engine import markdown, run, write_outputs
 
     batches = tuple(int(b) for b in args.batches.split(","))
+    if args.openvino:
+        return _engine_openvino(args, batches)
     result = run(args.model, batches=batches, threads=args.threads, budget_s=args.seconds, data=args.data,
                  int8=args.int8)
     write_outputs(result, args.out)
     print(markdown(result))
     return 0
+
+
+def _engine_openvino(args: argparse.Namespace, batches: tuple[int, ...]) -> int:
+    """``bench engine --openvino``: the CPU provider against OpenVINO's, in place of the ceilings."""
+    from . import engine_providers
+
+    trials = 5  # --seconds is the budget per batch size and figure, split over the trials
+    result = engine_providers.run(args.model, int8=args.int8, batches=batches, threads=args.threads,
+                                  trials=trials, seconds_per_trial=max(0.02, args.seconds / trials), data=args.data,
+                                  rounds=args.rounds, venv=Path(args.openvino_venv) if args.openvino_venv else None)
+    engine_providers.write_outputs(result, args.out)
+    print(engine_providers.markdown(result))
+    return 0
+
+
+def _gpu(args: argparse.Namespace, settings: Settings) -> int:
+    """``bench gpu``: exit 3 (nothing measured, nothing written) where there is no GPU to check, 1 on a parity failure."""
+    import sys
+
+    from .gpu_check import NoGpu, markdown, run, write_outputs
+
+    try:
+        result = run(args.model or [], args.data, device_id=settings.processor.device_id if args.device_id is None
+                     else args.device_id, batches=tuple(int(b) for b in args.batches.split(",")),
+                     trials=args.trials, seconds_per_trial=args.seconds_per_trial, tensorrt=not args.no_tensorrt,
+                     size=args.size, efficientad_steps=args.efficientad_steps, work_dir=args.work_dir)
+    except NoGpu as exc:
+        print(f"lineguard bench gpu: {exc}", file=sys.stderr)
+        return 3
+    write_outputs(result, args.out)
+    print(markdown(result))
+    return 0 if result["passed"] else 1
 
 
 OUT_HELP = "write the result JSON here (and a .md table beside it)"
@@ -135,6 +169,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seconds", type=float, default=3.0, help="timing budget per batch size")
     e.add_argument("--int8", action="store_true",
                    help="also time each folder's model.int8.onnx (lineguard export --int8) beside its FP32 graph")
+    e.add_argument("--openvino", action="store_true",
+                   help="instead of the ceilings: ONNX Runtime's CPU provider against OpenVINO's, side by side "
+                        "(OpenVINO from its own venv, .cache/venv-openvino, created when missing)")
+    e.add_argument("--openvino-venv",
+                   help="the OpenVINO venv (default .cache/venv-openvino, or LINEGUARD_OPENVINO_VENV)")
+    e.add_argument("--rounds", type=int, default=1, help="with --openvino: passes over every graph and leg")
     add_output_file(e, OUT_HELP)
     e.set_defaults(handler=_engine)
 
@@ -162,3 +202,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--venv", help="anomalib virtualenv (default .cache/anomalib-venv, created when missing)")
     a.add_argument("--work-dir", help="keep models, logs and .npy dumps here (default: a new temp folder)")
     a.set_defaults(handler=_anomalib)
+
+    g = kinds.add_parser("gpu", help="the GPU check: CPU FP32 vs CUDA FP32 vs TensorRT FP16 parity and images/s at "
+                                     "batch 1/16/64, in one go (exits 3 with the reason where there is no GPU)")
+    g.add_argument("--model", action="append",
+                   help="model folder (repeatable; copied, never written to); default: PatchCore and EfficientAD "
+                        "fitted here on synthetic images (needs the train extra)")
+    g.add_argument("--data", help="images to score (MVTec root or folder; with --model); default: the synthetic set")
+    g.add_argument("--device-id", type=int, default=None, help="GPU to use (default: processor.device_id)")
+    g.add_argument("--batches", default="1,16,64", help="batch sizes timed on the GPU (the largest is the "
+                                                        "TensorRT profile's and the parity batch)")
+    g.add_argument("--trials", type=int, default=3)
+    g.add_argument("--seconds-per-trial", type=float, default=0.5)
+    g.add_argument("--no-tensorrt", action="store_true", help="CUDA only (no TensorRT installed)")
+    g.add_argument("--size", type=int, default=256, help="input size of the models fitted here")
+    g.add_argument("--efficientad-steps", type=int, default=40, help="training steps of the EfficientAD fitted here")
+    g.add_argument("--work-dir", help="keep the model copies, the synthetic data and TensorRT's cache here")
+    add_output_file(g, OUT_HELP)
+    g.set_defaults(handler=_gpu)

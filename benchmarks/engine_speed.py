@@ -1,7 +1,8 @@
 """Engine throughput: images/s of a model folder through :class:`ScoringEngine` (the production path).
 
     python -m lineguard.benchmarks.engine_speed --model /tmp/models/hazelnut \\
-        --data /work/shared/data/hazelnut_toy --batch 16 --out out.json [--onnx-file model.int8.onnx]
+        --data /work/shared/data/hazelnut_toy --batch 16 --out out.json [--onnx-file model.int8.onnx] \\
+        [--providers OpenVINOExecutionProvider,CPUExecutionProvider]
 
 Two figures per batch size: ``graph`` (the ONNX graph alone on a ready float
 tensor) and ``engine`` (uint8 images at the model's input size -> preprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from lineguard.cli_options import add_output_file
 from lineguard.engines.data import list_images, load_rgb
@@ -54,13 +56,19 @@ def _trials(fn, n_images: int, trials: int, repeats: int) -> dict[str, float]:
 
 def run(model_dir: str | Path, data: str | Path | None = None, *, batches: tuple[int, ...] = (1, 16),
         onnx_file: str = ONNX_FILE, threads: int = 0, spin: bool = False, trials: int = 7,
-        seconds_per_trial: float = 1.5) -> dict[str, Any]:
-    engine = ScoringEngine(model_dir, onnx_file=onnx_file, threads=threads, spin=spin)
+        seconds_per_trial: float = 1.5, providers: list[str] | None = None,
+        engine_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``engine_options``: more :class:`ScoringEngine` arguments (``max_batch``, ``device_id``,
+    ``trt_cache_dir``: the GPU check's), e.g. a TensorRT profile that spans the largest batch timed."""
+    start = time.perf_counter()
+    engine = ScoringEngine(model_dir, onnx_file=onnx_file, threads=threads, spin=spin, providers=providers,
+                           **(engine_options or {}))
+    load_s = time.perf_counter() - start  # session + first batch: OpenVINO compiles its graph in here
     size = (engine.manifest.input.height, engine.manifest.input.width)
     result: dict[str, Any] = {
         "model": str(model_dir), "kind": engine.manifest.kind, "onnx_file": onnx_file,
-        "providers": engine.providers, "threads": threads or os.cpu_count(), "spin": spin,
-        "input_size": list(size),
+        "providers": engine.providers, "onnxruntime": ort.__version__, "load_s": round(load_s, 3),
+        "threads": threads or os.cpu_count(), "spin": spin, "input_size": list(size),
         "memory_bank_size": engine.manifest.extra.get("memory_bank_size"),
         "load_average_1m_before": round(os.getloadavg()[0], 2), "batches": {},
     }
@@ -108,10 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     parser.add_argument("--spin", action="store_true", help="let idle ORT workers spin (a dedicated scoring box)")
     parser.add_argument("--trials", type=int, default=7)
+    parser.add_argument("--seconds-per-trial", type=float, default=1.5)
+    parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order "
+                        "(default: the engine's preference among those installed)")
     add_output_file(parser, "write the result JSON here")
     args = parser.parse_args(argv)
     result = run(args.model, args.data, batches=tuple(args.batch or (1, 16)), onnx_file=args.onnx_file,
-                 threads=args.threads, spin=args.spin, trials=args.trials)
+                 threads=args.threads, spin=args.spin, trials=args.trials, seconds_per_trial=args.seconds_per_trial,
+                 providers=args.providers.split(",") if args.providers else None)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     print(markdown(result))

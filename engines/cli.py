@@ -37,7 +37,7 @@ def _eval(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
 
 
 def _export(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
-    from .quantize import run_export_cli
+    from .export import run_export_cli
 
     return run_export_cli(args, settings)
 
@@ -65,15 +65,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--sheet", help="write a PNG sheet of heatmap overlays here")
     e.add_argument("--batch", type=int, default=16)
     e.add_argument("--onnx-file", default="model.onnx",
-                   help="graph in the model folder to run, e.g. model.int8.onnx (see `lineguard export --int8`)")
+                   help="graph in the model folder to run, e.g. model.int8.onnx or model.fp16.onnx "
+                        "(see `lineguard export`); its threshold is the one calibrated for it")
     e.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     e.set_defaults(handler=_eval)
 
-    x = sub.add_parser("export", help="derive other graphs from a trained model folder (INT8 quantisation)")
+    x = sub.add_parser("export", help="derive other graphs from a trained model folder (INT8, FP16), each with "
+                                      "its own threshold, and print how far their scores and verdicts stray")
     x.add_argument("--model", required=True, help="model folder (model.onnx + manifest.json)")
     x.add_argument("--int8", action="store_true",
                    help="write model.int8.onnx: static INT8 quantisation calibrated on normal images")
-    x.add_argument("--data", help="normal images to calibrate on (MVTec root or folder; default: the training data)")
+    x.add_argument("--fp16", action="store_true",
+                   help="write model.fp16.onnx: FP16 weights and activations (for GPUs; processor.precision: fp16)")
+    x.add_argument("--fp16-keep-fp32", choices=["head", "none"], default="head",
+                   help="nodes left float32 in the FP16 graph: head (all but the backbone; default) or none")
+    x.add_argument("--data", help="normal images to calibrate on (MVTec root or folder; default: the training data); "
+                                  "an MVTec root's test/ set also gets the derived graphs' verdicts compared to FP32's")
+    x.add_argument("--skip-test-parity", action="store_true", help="do not score the test set to compare verdicts")
     x.add_argument("--calibration-images", type=int, default=32)
     x.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax")
     x.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")

@@ -1,7 +1,7 @@
 """``lineguard eval``: score an MVTec-layout test set through the ONNX path and report metrics.
 
 The model is run exactly as production runs it: :class:`ScoringEngine`
-(manifest + ``model.onnx`` or ``model.int8.onnx`` in ONNX Runtime, uint8
+(manifest + ``model.onnx``, ``model.int8.onnx`` or ``model.fp16.onnx`` in ONNX Runtime, uint8
 preprocessing included). Metrics are computed at the model's input
 resolution (masks are resized to it with nearest neighbour).
 

@@ -17,6 +17,10 @@ from typing import Any
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"  # written beside it by `lineguard export --int8`
+FP16_FILE = "model.fp16.onnx"  # written beside it by `lineguard export --fp16`
+# A precision other than fp32 is a graph derived from model.onnx; its threshold and parity figures are
+# in the manifest's extra under the precision's name ({"file", "threshold", ...}).
+DERIVED_FILES = {"int8": INT8_FILE, "fp16": FP16_FILE}
 FORMAT_VERSION = 1
 
 
@@ -122,6 +126,14 @@ class Manifest:
             if actual != expected:
                 raise FileMismatch("checksum", f"{path}: sha256 {actual[:16]}... differs from the manifest's "
                                                f"{expected[:16]}... (half-copied or corrupted)")
+
+
+def graph_precision(manifest: Manifest, onnx_file: str) -> str:
+    """``fp32``, ``fp16`` or ``int8``: which precision the graph ``onnx_file`` of this model is."""
+    for precision, info in manifest.extra.items():
+        if precision in DERIVED_FILES and isinstance(info, dict) and info.get("file") == onnx_file:
+            return precision
+    return next((p for p, name in DERIVED_FILES.items() if name == onnx_file), "fp32")
 
 
 def images_fingerprint(paths: list[str | Path]) -> str:

@@ -17,12 +17,12 @@ The manifest keeps describing ``model.onnx``; its ``extra.int8`` records the
 INT8 file's sha256, the calibration images, how far INT8 scores stray from
 FP32 on them and the threshold rescaled accordingly (the manifest's
 threshold was calibrated on FP32 scores), which :class:`ScoringEngine`
-applies when it loads ``model.int8.onnx``.
+applies when it loads ``model.int8.onnx``. That calibration is
+:mod:`.derived`'s, shared with the FP16 export (:mod:`.fp16`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static,
 )
 
-from .data import load_rgb, normal_images
-from .manifest import INT8_FILE, ONNX_FILE, Manifest, sha256_file
+from .data import load_rgb
+from .derived import calibrate_derived, calibration_source, pick_calibration_images, record
+from .manifest import INT8_FILE, ONNX_FILE, Manifest
 from .runtime import preprocess
 
 log = logging.getLogger(__name__)
@@ -68,18 +68,6 @@ class NormalImageReader(CalibrationDataReader):
         self.position = 0
 
 
-def pick_calibration_images(data: str | Path, count: int) -> list[Path]:
-    """``count`` normal images spread evenly over the sorted list (deterministic)."""
-    paths = normal_images(data)
-    if len(paths) <= count:
-        return paths
-    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def quantize_model(model_dir: str | Path, data: str | Path | None = None, *, n_images: int = 32,
                    per_channel: bool = True, reduce_range: bool = True,
                    method: str = "minmax") -> dict[str, Any]:
@@ -88,9 +76,7 @@ def quantize_model(model_dir: str | Path, data: str | Path | None = None, *, n_i
     model_dir = Path(model_dir)
     manifest = Manifest.load(model_dir)
     source = model_dir / ONNX_FILE
-    data = data or manifest.training.get("data")
-    if not data:
-        raise ValueError("no calibration images: pass --data (a folder of normal images or an MVTec root)")
+    data = calibration_source(manifest, data)
     paths = pick_calibration_images(data, n_images)
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
@@ -118,45 +104,16 @@ def quantize_model(model_dir: str | Path, data: str | Path | None = None, *, n_i
         )
     out.replace(model_dir / INT8_FILE)
 
-    # How far INT8 strays from FP32 on the calibration images (the threshold is FP32's).
-    tensor = preprocess([load_rgb(p) for p in paths], manifest)
-    fp32 = np.concatenate([_session(source).run(["score"], {input_name: tensor[i:i + 8]})[0]
-                           for i in range(0, len(tensor), 8)])
-    int8 = np.concatenate([_session(model_dir / INT8_FILE).run(["score"], {input_name: tensor[i:i + 8]})[0]
-                           for i in range(0, len(tensor), 8)])
-    relative = (int8 - fp32) / np.maximum(np.abs(fp32), 1e-12)
-    # The threshold was calibrated on FP32 scores; INT8 scores run a few percent high (quantisation noise
-    # only adds distance to the memory bank), so the INT8 graph gets the FP32 threshold times the median
-    # INT8/FP32 ratio on these normal images. ScoringEngine uses it when it loads this file.
-    scale = float(np.median(int8 / np.maximum(fp32, 1e-12)))
     info = {
-        "file": INT8_FILE,
-        "sha256": sha256_file(model_dir / INT8_FILE),
+        **calibrate_derived(model_dir, manifest, INT8_FILE, paths, input_name),
         "format": "QDQ, uint8 activations, int8 weights" + (" per channel" if per_channel else ""),
         "reduce_range": reduce_range,
         "calibration_method": method,
         "quantised_nodes": len(nodes),
         "calibration_data": str(data),
-        "calibration_images": len(paths),
-        "score_relative_diff_mean": float(relative.mean()),
-        "score_relative_diff_max_abs": float(np.abs(relative).max()),
-        "threshold_scale": scale,
-        "threshold": manifest.thresholds.value * scale,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    manifest.extra = {**manifest.extra, "int8": info}
-    manifest.save(model_dir)
+    record(model_dir, "int8", info)
     log.info("wrote %s (%d nodes quantised; INT8 scores differ from FP32 by %.2f%% on average)",
              model_dir / INT8_FILE, len(nodes), 100 * info["score_relative_diff_mean"])
     return info
-
-
-def run_export_cli(args: argparse.Namespace, settings: Any) -> int:
-    if not args.int8:
-        print("export: nothing to do (model.onnx is written by `lineguard train`); pass --int8")
-        return 2
-    info = quantize_model(args.model, args.data, n_images=args.calibration_images, method=args.calibration_method,
-                          per_channel=not args.per_tensor, reduce_range=not args.full_range)
-    print(f"export: wrote {Path(args.model) / info['file']} ({info['quantised_nodes']} nodes INT8, calibrated on "
-          f"{info['calibration_images']} images; mean score shift {100 * info['score_relative_diff_mean']:+.2f}%)")
-    return 0

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter
 
 from lineguard.config import ProcessorConfig, Settings
-from lineguard.engines.manifest import INT8_FILE, MANIFEST_FILE, ONNX_FILE, FileMismatch, Manifest, model_files
+from lineguard.engines.manifest import DERIVED_FILES, MANIFEST_FILE, ONNX_FILE, FileMismatch, Manifest, model_files
 from lineguard.engines.runtime import ScoringEngine
 
 if TYPE_CHECKING:
@@ -78,10 +78,18 @@ class ModelRegistry:
     """
 
     def __init__(self, model_dir: str | Path, threads: int = 0, poll_s: float = 2.0,
-                 providers: list[str] | None = None, precision: str = "fp32", source: ModelCache | None = None) -> None:
+                 providers: list[str] | None = None, precision: str = "fp32", source: ModelCache | None = None, *,
+                 max_batch: int = 16, max_batch_per_product: dict[str, int] | None = None, device_id: int = 0,
+                 trt_cache_dir: str | Path | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.precision = precision
+        # What each engine is built for: the largest batch the product's batcher flushes (TensorRT's profile
+        # and the warm-up span 1..max_batch), the GPU and TensorRT's cache folder.
+        self.max_batch = max_batch
+        self.max_batch_per_product = dict(max_batch_per_product or {})
+        self.device_id = device_id
+        self.trt_cache_dir = trt_cache_dir
         self.poll_s = poll_s
         self.providers = providers
         self.errors: dict[str, str] = {}  # folder -> why its newest model could not be loaded
@@ -98,9 +106,14 @@ class ModelRegistry:
 
     @classmethod
     def from_config(cls, config: ProcessorConfig, source: ModelCache | None = None) -> ModelRegistry:
-        """The registry the processors and the API share: same folder, threads, reload period and precision."""
+        """The registry the processors and the API share: same folder, threads, reload period, precision, GPU
+        and batch sizes."""
         return cls(source.cache_dir if source else config.model_dir, threads=config.inference_threads,
-                   poll_s=config.model_poll_s, precision=config.precision, source=source)
+                   poll_s=config.model_poll_s, precision=config.precision, source=source,
+                   providers=config.providers or None,
+                   max_batch=config.batching.max_batch,
+                   max_batch_per_product={p: b.max_batch for p, b in config.batching_per_product.items()},
+                   device_id=config.device_id, trt_cache_dir=config.trt_cache_dir)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
@@ -126,12 +139,13 @@ class ModelRegistry:
         return None
 
     def graph_for(self, folder: Path) -> str:
-        """The ONNX file to score with: the INT8 graph when asked for and exported, else the FP32 one."""
-        if self.precision == "int8":
-            if (folder / INT8_FILE).exists():
-                return INT8_FILE
-            log.warning("precision int8: %s has no %s (lineguard export --int8); scoring with %s",
-                        folder.name, INT8_FILE, ONNX_FILE)
+        """The ONNX file to score with: the INT8 or FP16 graph when asked for and exported, else the FP32 one."""
+        derived = DERIVED_FILES.get(self.precision)
+        if derived:
+            if (folder / derived).exists():
+                return derived
+            log.warning("precision %s: %s has no %s (lineguard export --%s); scoring with %s",
+                        self.precision, folder.name, derived, self.precision, ONNX_FILE)
         return ONNX_FILE
 
     def get(self, product: str, line_id: str | None = None) -> LoadedModel | None:
@@ -235,7 +249,10 @@ class ModelRegistry:
     def _load_verified(self, folder: Path, stamp: tuple, onnx_file: str) -> ScoringEngine:
         """The folder's model, loaded only if every file matches its manifest and nothing changed meanwhile."""
         Manifest.load(folder).verify(folder)
-        engine = ScoringEngine(folder, providers=self.providers, threads=self.threads, onnx_file=onnx_file)
+        product = folder.name.partition("@")[0]
+        engine = ScoringEngine(folder, providers=self.providers, threads=self.threads, onnx_file=onnx_file,
+                               max_batch=self.max_batch_per_product.get(product, self.max_batch),
+                               device_id=self.device_id, trt_cache_dir=self.trt_cache_dir)
         if _stamp(folder) != stamp:  # rewritten while checked or loaded: what was loaded may be neither version
             raise FileMismatch("changed", f"{folder} changed while it was being loaded")
         return engine

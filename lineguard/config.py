@@ -119,8 +119,18 @@ class ProcessorConfig(_Section):
     model_cache_dir: Path = Path("model-cache")
     web_port: int = Field(default=0, ge=0, le=65535)
     inference_threads: int = Field(default=0, ge=0)  # 0: all cores
-    # int8: score with a model folder's model.int8.onnx (`lineguard export --int8`) where it has one.
-    precision: Literal["fp32", "int8"] = "fp32"
+    # int8 / fp16: score with a model folder's model.int8.onnx / model.fp16.onnx (`lineguard export --int8`,
+    # `--fp16`) and the threshold calibrated for it, where the folder has one; fp16 also turns on TensorRT's
+    # FP16 kernels.
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    # The GPU this processor scores on (TensorRT and CUDA providers; counted within CUDA_VISIBLE_DEVICES).
+    device_id: int = Field(default=0, ge=0)
+    # TensorRT's engine and timing caches, one subfolder per model sha256, GPU and TensorRT version; must be
+    # writable (model folders are often mounted read-only). None: $XDG_CACHE_HOME/lineguard/tensorrt.
+    trt_cache_dir: Path | None = None
+    # ONNX Runtime providers in order, e.g. ["OpenVINOExecutionProvider", "CPUExecutionProvider"] (OpenVINO is
+    # used only when named); empty: the engine's preference (TensorRT, CUDA, CPU) among those installed.
+    providers: list[str] = Field(default_factory=list)
     metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
     # A worker that dies is noticed by the group after this long (its partitions then move).
     session_timeout_s: float = Field(default=10.0, ge=3.0, le=300.0)

@@ -22,7 +22,9 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 REPO = DEPLOY.parent
 # The services of a plant stack, each of which must report health.
 BROKERS = ("kafka-1", "kafka-2", "kafka-3")
-LINEGUARD_SERVICES = ("processor", "clickhouse-sink", "heatmap-sink", "api")
+LINEGUARD_SERVICES = ("processor", "processor-gpu-0", "clickhouse-sink", "heatmap-sink", "api")
+# Started only with `--profile gpu`, one per GPU.
+GPU_PROCESSORS = ("processor-gpu-0",)
 SERVICES = (*BROKERS, "clickhouse", "s3", *LINEGUARD_SERVICES, "prometheus", "grafana")
 # What deploy/make-env.sh writes to deploy/.env (the secrets are files under deploy/secrets/).
 DOTENV = {"KAFKA_EXTERNAL_HOST": "kafka.plant.example", "KAFKA_CLUSTER_ID": "MkU3OEVBNTcwNTJENDM2Qk"}
@@ -169,7 +171,7 @@ def test_make_env_writes_every_variable_and_secret_compose_needs(tmp_path: Path,
     assert _make_env(tmp_path).returncode != 0
 
 
-@pytest.mark.parametrize("name", ("processor", "clickhouse-sink", "heatmap-sink", "api"))
+@pytest.mark.parametrize("name", LINEGUARD_SERVICES)
 def test_lineguard_services_have_valid_settings_and_commands(
     compose: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -205,7 +207,7 @@ def test_lineguard_services_have_valid_settings_and_commands(
         assert url == f"http://127.0.0.1:{settings.api.port}/health" and settings.api.host == "0.0.0.0"
         assert settings.api.keys() == ["api_keys-value"]
     else:
-        port = settings.processor.metrics_port if name == "processor" else settings.sinks.metrics_port
+        port = settings.processor.metrics_port if name.startswith("processor") else settings.sinks.metrics_port
         assert port and url == f"http://127.0.0.1:{port}/ready"
 
 
@@ -288,16 +290,60 @@ def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
     assert set(services["api"]["depends_on"]) >= {"clickhouse", "s3"}
 
 
-def test_docker_context_keeps_every_package_folder() -> None:
+@pytest.mark.parametrize("dockerfile", ("Dockerfile", "Dockerfile.gpu"))
+def test_docker_context_keeps_every_package_folder(dockerfile: str) -> None:
     """The image copies the context; no package folder of pyproject.toml may be ignored out of it."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     folders = set(pyproject["tool"]["setuptools"]["package-dir"].values()) | {"pyproject.toml", "README.md", "LICENSE"}
-    ignored = {line.strip().rstrip("/") for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    # BuildKit reads <Dockerfile>.dockerignore beside each Dockerfile (there is no .dockerignore at the root).
+    ignored = {line.strip().rstrip("/") for line in (DEPLOY / f"{dockerfile}.dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    assert not folders & ignored, f"Dockerfile.dockerignore drops {sorted(folders & ignored)}"
-    assert "COPY . ." in (DEPLOY / "Dockerfile").read_text()
+    assert not folders & ignored, f"{dockerfile}.dockerignore drops {sorted(folders & ignored)}"
+    assert "COPY . ." in (DEPLOY / dockerfile).read_text()
     # And the heavy local folders, and the plant's credentials, stay out of the build context.
     assert {".venv", ".cache", ".state", ".git", "deploy/.env", "deploy/secrets"} <= ignored
+
+
+def test_each_image_installs_one_onnxruntime_flavour() -> None:
+    """No flavour is a hard dependency: the CPU image installs the cpu extra, the GPU image gpu (+ tensorrt)."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    cpu = (DEPLOY / "Dockerfile").read_text()
+    assert "'.[cpu]'" in cpu and "'lineguard[cpu]'" in cpu
+    gpu = (DEPLOY / "Dockerfile.gpu").read_text()
+    (wanted,) = re.findall(r"^ARG EXTRAS=(\S+)$", gpu, re.M)
+    assert wanted.split(",") == ["gpu", "tensorrt"] and all(e in extras for e in wanted.split(","))
+    assert '".[${EXTRAS}]"' in gpu
+    (base,) = set(re.findall(r"^ARG CUDA_IMAGE=(\S+)$", gpu, re.M))
+    # CUDA 13 (what onnxruntime-gpu's wheel is built for); "base": the CUDA libraries come from the wheels.
+    assert base.startswith("nvidia/cuda:13.") and "-base-" in base
+
+
+def test_gpu_processors_run_only_with_the_gpu_profile_one_gpu_each(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    profiled = {name for name, s in services.items() if s.get("profiles")}
+    assert profiled == set(GPU_PROCESSORS)  # a CPU plant's `docker compose up` starts exactly what it did
+    devices = []
+    for name in GPU_PROCESSORS:
+        service = services[name]
+        assert service["profiles"] == ["gpu"]
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile.gpu" and service["image"] != "lineguard:latest"
+        assert service["command"] == ["process"]
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        (gpu,) = device["device_ids"]  # one GPU per processor
+        devices.append(gpu)
+        env = service["environment"]
+        # The container sees its one GPU as device 0.
+        assert env["LINEGUARD_PROCESSOR__DEVICE_ID"] == "0"
+        assert env["LINEGUARD_PROCESSOR__PRECISION"] == "fp16"
+        cache = env["LINEGUARD_PROCESSOR__TRT_CACHE_DIR"]
+        assert any(v.split(":")[1] == cache and v.split(":")[0] in compose["volumes"] for v in service["volumes"])
+        # Same consumer group, so GPU and CPU processors share (never duplicate) the lines' partitions.
+        assert env.get("LINEGUARD_PROCESSOR__CONSUMER_GROUP") == \
+            services["processor"]["environment"].get("LINEGUARD_PROCESSOR__CONSUMER_GROUP")
+        # Time for a first TensorRT engine build before the health check counts.
+        assert int(service["healthcheck"]["start_period"].rstrip("s")) >= 300
+    assert len(set(devices)) == len(devices)
 
 
 def test_healthcheck_passes_against_the_real_stack(stack, monkeypatch: pytest.MonkeyPatch) -> None:

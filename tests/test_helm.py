@@ -45,9 +45,26 @@ def render(*sets: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
 
 
+# The GPU processors' Deployment (off by default), with a node selector and a toleration as a plant sets them.
+GPU_SETS = ("gpuProcessors.enabled=true", "gpuProcessors.nodeSelector.nvidia\\.com/gpu\\.present=true",
+            "gpuProcessors.tolerations[0].key=nvidia.com/gpu", "gpuProcessors.tolerations[0].operator=Exists",
+            "gpuProcessors.tolerations[0].effect=NoSchedule")
+
+
 @pytest.fixture(scope="module")
 def manifests() -> list[dict[str, Any]]:
     return render()
+
+
+@pytest.fixture(scope="module")
+def gpu_manifests() -> list[dict[str, Any]]:
+    return render(*GPU_SETS)
+
+
+@pytest.fixture(scope="module", params=["default", "gpu"])
+def each_rendering(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    """The chart as rendered by default and with the GPU processors: both must pass the common checks."""
+    return request.getfixturevalue("manifests" if request.param == "default" else "gpu_manifests")
 
 
 def by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -86,9 +103,9 @@ def test_every_part_is_rendered(manifests: list[dict[str, Any]]) -> None:
     assert service["spec"]["selector"]["app.kubernetes.io/component"] == "api"
 
 
-def test_every_container_has_resources_and_both_probes(manifests: list[dict[str, Any]]) -> None:
-    found = containers(manifests)
-    assert len(found) == 4
+def test_every_container_has_resources_and_both_probes(each_rendering: list[dict[str, Any]]) -> None:
+    found = containers(each_rendering)
+    assert len(found) == 4 + ("plant-processor-gpu" in by_kind(each_rendering, "Deployment"))
     for name, c in found:
         assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["cpu"], name
         assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"], name
@@ -101,7 +118,8 @@ def test_every_container_has_resources_and_both_probes(manifests: list[dict[str,
             assert port in {p["name"] for p in c["ports"]}
 
 
-def test_no_plain_text_secret_anywhere(manifests: list[dict[str, Any]]) -> None:
+def test_no_plain_text_secret_anywhere(each_rendering: list[dict[str, Any]]) -> None:
+    manifests = each_rendering
     assert not by_kind(manifests, "Secret"), "the chart must reference an existing Secret, not make one"
     for name, c in containers(manifests):
         for env in c.get("env", []):
@@ -160,3 +178,47 @@ def test_scaled_object_scales_processors_up_to_their_partitions(manifests: list[
 def test_refuses_without_an_existing_secret() -> None:
     done = helm("template", "plant", str(CHART), "--set", "existingSecret=", check=False)
     assert done.returncode != 0 and "existingSecret" in done.stderr
+
+
+def test_gpu_processors_are_off_by_default_and_get_one_gpu_each(manifests: list[dict[str, Any]],
+                                                                  gpu_manifests: list[dict[str, Any]],
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "plant-processor-gpu" not in by_kind(manifests, "Deployment")
+    deployments = by_kind(gpu_manifests, "Deployment")
+    # The GPU Deployment comes beside the others, which are unchanged.
+    assert set(deployments) - {"plant-processor-gpu"} == set(by_kind(manifests, "Deployment"))
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["gpuProcessors"]
+    gpu = deployments["plant-processor-gpu"]
+    assert gpu["spec"]["replicas"] == values["replicas"]
+    pod = gpu["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["process"]
+    assert container["image"] == f"{values['image']['repository']}:{values['image']['tag']}"
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert limits["nvidia.com/gpu"] == 1 and "nvidia.com/gpu" not in requests  # extended resource: the limit
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    # Its own pods only: the KEDA-scaled CPU Deployment's selector does not take them.
+    labels = gpu["spec"]["template"]["metadata"]["labels"]
+    cpu_selector = deployments["plant-processor"]["spec"]["selector"]["matchLabels"]
+    assert not cpu_selector.items() <= labels.items()
+    # A first TensorRT build fits in the startup probe's window.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= values["startupSeconds"]
+    # The env over the shared config is a valid lineguard configuration: GPU 0 of the pod, FP16, threads = cores.
+    for key in list(os.environ):
+        if key.startswith("LINEGUARD_"):
+            monkeypatch.delenv(key)
+    path = tmp_path / "lineguard.yaml"
+    path.write_text(by_kind(gpu_manifests, "ConfigMap")["plant-config"]["data"]["lineguard.yaml"])
+    for env in container["env"]:
+        if env["name"] != "LINEGUARD_CONFIG":
+            monkeypatch.setenv(env["name"], env["value"])
+    settings = load_settings(path)
+    assert settings.processor.device_id == 0 and settings.processor.precision == values["precision"]
+    assert settings.processor.batching.max_batch == values["maxBatch"]
+    assert int(limits["cpu"]) == settings.processor.inference_threads == values["cpus"]
+    # Under the writable state volume (the root filesystem is read-only).
+    state = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "state")
+    assert str(settings.processor.trt_cache_dir).startswith(state + "/")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True

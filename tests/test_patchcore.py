@@ -110,6 +110,16 @@ def test_train_cli_writes_manifest_with_backbone(tmp_path: Path) -> None:
     assert int8_scores[4:].min() > int8_scores[:4].max()
     assert np.abs(int8_scores / scores - 1.0).max() < 0.5
 
+    # FP16: the backbone in FP16, the memory-bank distance and the map float32 (--fp16-keep-fp32 head).
+    assert main(["export", "--model", str(out), "--fp16", "--calibration-images", "8"]) == 0
+    info = json.loads((out / "manifest.json").read_text())["extra"]["fp16"]
+    assert info["fp32_nodes"] > 0 and info["test_parity"]["verdicts_differing"] == 0
+    fp16 = ScoringEngine(out, onnx_file="model.fp16.onnx")
+    assert fp16.threshold == pytest.approx(engine.threshold * info["threshold_scale"])
+    fp16_scores, _ = fp16.score(normals + defects)
+    assert fp16_scores[4:].min() > fp16_scores[:4].max()
+    assert np.abs(fp16_scores / scores - 1.0).max() < 0.02
+
 
 def test_unknown_option_is_rejected() -> None:
     from lineguard.engines.patchcore.model import build_model
