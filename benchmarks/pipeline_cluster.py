@@ -25,7 +25,7 @@ from confluent_kafka import ConsumerGroupState, KafkaException
 
 from lineguard.config import Settings
 from lineguard.harness import LocalPipeline
-from lineguard.kafka import admin_client, coordinator_not_ready
+from lineguard.kafka import admin_client, coordinator_not_ready, ensure_topics
 
 from .pipeline import PipelineBenchConfig, measure_pipeline, prepare
 from .pipeline_ceilings import measure_kafka
@@ -85,6 +85,9 @@ def run(settings: Settings, cfg: PipelineBenchConfig, workers: tuple[int, ...]) 
     brokers = live_brokers(settings)
     if brokers < max(rf for rf, _ in REPLICATION):
         raise RuntimeError(f"RF 3 needs 3 brokers; the cluster has {brokers} (lineguard stack up --brokers 3)")
+    # The shared topics (the dead-letter topic) with the cluster's own replication first: the RF 1 runs
+    # below would otherwise create them with RF 1 on a cluster that had none yet, for good.
+    ensure_topics(settings.kafka, [])
     work, model_dir, jpegs = prepare(cfg)
     quick = replace(cfg, latency_seconds=0.0, poison_share=0.0)
     result: dict[str, Any] = {"config": {k: str(v) for k, v in cfg.__dict__.items()}, "brokers": brokers,

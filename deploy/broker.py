@@ -149,7 +149,7 @@ class KafkaBroker:
         quiet = logging.getLogger("lineguard.stack.librdkafka")
         quiet.setLevel(logging.CRITICAL)  # connection refused while the broker boots is expected
         while time.monotonic() < deadline:
-            if not self.process.alive(pid):
+            if self.process.died(pid):
                 raise self.process.exited_during_startup(f"Kafka node {self.node_id}")
             if tcp_open(port):
                 admin = admin_client(KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}"), logger=quiet,

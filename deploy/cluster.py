@@ -111,9 +111,13 @@ class KafkaCluster:
     def freeze(self, node_id: int) -> None:
         """SIGSTOP a node: its connections stay open and it answers nothing, like a hung host."""
         self._signal_running(node_id, signal.SIGSTOP)
+        # The signal is delivered asynchronously: return once the node is stopped, so a fault's
+        # clock (and a status read) starts from a frozen node.
+        wait_until(lambda: self.frozen(node_id), 10, f"Kafka node {node_id} to stop on SIGSTOP")
 
     def thaw(self, node_id: int) -> None:
         self._signal_running(node_id, signal.SIGCONT)
+        wait_until(lambda: not self.frozen(node_id), 10, f"Kafka node {node_id} to resume on SIGCONT")
 
     def frozen(self, node_id: int) -> bool:
         return self.node(node_id).process.stopped()

@@ -49,6 +49,18 @@ class Service:
     def alive(self, pid: int) -> bool:
         return process_alive(pid, self.marker)
 
+    def died(self, pid: int, confirm_s: float = 0.5) -> bool:
+        """True if ``pid`` is gone and still gone ``confirm_s`` later (for start-up waits).
+
+        Just after the launcher forks it, the process execs its binary, and while the kernel swaps
+        its memory ``/proc/<pid>/cmdline`` can read empty: one look would call a starting server
+        dead (seen once: versitygw "exited during startup" with an empty log, then found running).
+        """
+        if self.alive(pid):
+            return False
+        time.sleep(confirm_s)
+        return not self.alive(pid)
+
     def spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> int:
         """Start ``cmd`` in its own session, orphaned from us, output appended to the log.
 

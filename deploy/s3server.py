@@ -72,7 +72,7 @@ class S3Server:
         deadline = time.monotonic() + timeout_s
         last_error: Exception | None = None
         while time.monotonic() < deadline:
-            if not self.process.alive(pid):
+            if self.process.died(pid):
                 raise self.process.exited_during_startup("versitygw")
             if tcp_open(identity["s3_port"]):
                 try:
