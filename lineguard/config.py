@@ -266,6 +266,51 @@ class StackConfig(_Section):
     cache_dir: Path = Path(".cache")
 
 
+class TilingConfig(_Section):
+    """Cut a camera's region into overlapping square tiles, each scored at the model's input size."""
+
+    size: int = Field(ge=32, le=8192)  # tile side in frame pixels
+    overlap: int = Field(default=0, ge=0)  # pixels shared by neighbouring tiles (their maps are blended)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "TilingConfig":
+        if self.overlap >= self.size:
+            raise ValueError(f"tiling.overlap ({self.overlap}) must be smaller than tiling.size ({self.size})")
+        return self
+
+
+class CameraConfig(_Section):
+    """What of a camera's frame is inspected: applied the same way in training and scoring."""
+
+    roi: tuple[int, int, int, int] | None = None  # x, y, width, height in frame pixels; None: the whole frame
+    ignore_mask: Path | None = None  # image of the ROI's size (or the frame's); non-zero pixels are not inspected
+    tiling: TilingConfig | None = None  # None: the ROI is resized to the model's input
+
+
+class LineConfig(_Section):
+    """Timing and part rules of one line (``plant.lines.<line_id>``; ``"*"`` applies to lines not named)."""
+
+    # A verdict scored later than this after capture is flagged late (published and stored, never gated).
+    verdict_deadline_ms: int | None = Field(default=None, ge=1)
+    # Camera ids that see each part; a part is decided when all have a verdict, or at part_deadline_ms.
+    part_views: list[str] = Field(default_factory=list)
+    part_deadline_ms: int = Field(default=2000, ge=1)
+    # A view missing at the deadline: reject the part (fail safe) or decide on the views that arrived.
+    missing_view_decision: Literal["reject", "pass"] = "reject"
+    cameras: dict[str, CameraConfig] = Field(default_factory=dict)
+
+
+class PlantConfig(_Section):
+    lines: dict[str, LineConfig] = Field(default_factory=dict)
+
+    def line(self, line_id: str) -> LineConfig:
+        return self.lines.get(line_id) or self.lines.get("*") or LineConfig()
+
+    def camera(self, line_id: str, camera_id: str) -> CameraConfig | None:
+        cameras = self.line(line_id).cameras
+        return cameras.get(camera_id) or cameras.get("*")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LINEGUARD_",
@@ -286,6 +331,7 @@ class Settings(BaseSettings):
     stack: StackConfig = StackConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
     api: ApiConfig = ApiConfig()
+    plant: PlantConfig = PlantConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -3,9 +3,9 @@
 from . import topics
 from .errors import Reason, SchemaError
 from .image import ImageLimits
-from .messages import DeadLetter, Frame, Heatmap, Verdict, new_frame_id
+from .messages import DeadLetter, Frame, Heatmap, PartVerdict, Verdict, new_frame_id, verdict_meta
 
 __all__ = [
-    "DeadLetter", "Frame", "Heatmap", "ImageLimits", "Reason", "SchemaError", "Verdict",
-    "new_frame_id", "topics",
+    "DeadLetter", "Frame", "Heatmap", "ImageLimits", "PartVerdict", "Reason", "SchemaError", "Verdict",
+    "new_frame_id", "topics", "verdict_meta",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .messages import Verdict, _Message
+from .messages import PartVerdict, Verdict, _Message
 
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", bytes: "string",
                list: "array", tuple: "array", dict: "object"}
@@ -27,6 +27,18 @@ _DESCRIPTIONS = {
     "heatmap_key": "Object key of the heatmap overlay in the heatmap bucket, or null.",
     "queue_wait_ms": "Time the frame waited in the processor before its batch started.",
     "inference_ms": "Engine time of the frame's batch.",
+    "part_id": "The part the frame shows (several cameras or frames per part), from the producer; null if none.",
+    "meta": "The frame's meta (e.g. a part serial number), at most 16 items, strings cut to 256 characters.",
+    "late": "Scored after the line's verdict deadline (plant.lines.<line>.verdict_deadline_ms): stored, never sent to a reject gate. Null when the line has no deadline.",
+    "decided_at_ns": "When the part was decided, UTC nanoseconds since the Unix epoch.",
+    "first_captured_at_ns": "Capture time of the part's first view.",
+    "deadline_at_ns": "first_captured_at_ns + the line's part deadline: a reject gate acts only before it.",
+    "reason": "complete: every expected view arrived; deadline: decided at the deadline with what had arrived.",
+    "views": "One map per view: camera_id, frame_id, score, threshold, is_defective, late.",
+    "expected_views": "The camera ids the line expects per part (plant.lines.<line>.part_views).",
+    "missing_views": "Expected views that had not arrived at the deadline.",
+    "worst_score_ratio": "Max over the views of score / threshold: above 1, a view is defective.",
+    "worst_camera_id": "The view with the worst score ratio.",
 }
 
 
@@ -55,12 +67,16 @@ def schema_for(cls: type[_Message]) -> dict:
 
 
 VERDICT_SCHEMA_FILE = Path(__file__).with_name("verdict.schema.json")
+PART_VERDICT_SCHEMA_FILE = Path(__file__).with_name("part_verdict.schema.json")
+SCHEMA_FILES = {VERDICT_SCHEMA_FILE: Verdict, PART_VERDICT_SCHEMA_FILE: PartVerdict}
 
 
-def write() -> Path:
-    VERDICT_SCHEMA_FILE.write_text(json.dumps(schema_for(Verdict), indent=2) + "\n")
-    return VERDICT_SCHEMA_FILE
+def write() -> list[Path]:
+    for path, cls in SCHEMA_FILES.items():
+        path.write_text(json.dumps(schema_for(cls), indent=2) + "\n")
+    return list(SCHEMA_FILES)
 
 
 if __name__ == "__main__":
-    print(write())
+    for written in write():
+        print(written)

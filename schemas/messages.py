@@ -1,4 +1,4 @@
-"""The wire contracts: Frame, Verdict, Heatmap and DeadLetter, msgpack-encoded and versioned.
+"""The wire contracts: Frame, Verdict, PartVerdict, Heatmap and DeadLetter, msgpack-encoded and versioned.
 
 Every message is a msgpack map with string keys and a ``schema_version``.
 Decoding is strict: an unknown version, a missing field or a field of the
@@ -24,6 +24,10 @@ ImageEncoding = Literal["jpeg", "png", "raw"]
 RAW_DTYPES = ("uint8", "uint16", "float32")
 _META_TYPES = (str, int, float, bool)
 MAX_META_ITEMS = 64
+# A frame's meta travels into its verdict (a serial number for the MES), bounded: a verdict stays small
+# whatever a producer attaches.
+VERDICT_META_ITEMS = 16
+VERDICT_META_CHARS = 256
 
 
 def new_frame_id() -> str:
@@ -144,9 +148,13 @@ class Frame(_Message):
     dtype: str | None = None
     shape: list[int] | None = None
     meta: dict[str, Any] | None = field(default_factory=dict)
+    # The part this frame shows (several cameras or frames per part); None: the frame is the part.
+    part_id: str | None = None
     schema_version: int = 1
 
     def _validate(self) -> None:
+        if self.part_id is not None and not 1 <= len(self.part_id) <= 128:
+            raise SchemaError(Reason.INVALID_FIELD, "Frame: part_id must be 1..128 characters")
         for name in ("frame_id", "line_id", "camera_id", "product"):
             value = getattr(self, name)
             if not value or len(value) > 128:
@@ -193,7 +201,55 @@ class Verdict(_Message):
     queue_wait_ms: float
     inference_ms: float
     processor_id: str
+    # Added compatibly in v1 (optional; older consumers ignore them, older verdicts decode with None):
+    part_id: str | None = None
+    meta: dict[str, Any] | None = None  # the frame's meta, bounded by verdict_meta()
+    late: bool | None = None  # scored after the line's verdict deadline: stored, never sent to a reject gate
     schema_version: int = 1
+
+
+def verdict_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of a frame's meta a verdict carries: the first 16 items, strings cut to 256 characters."""
+    out: dict[str, Any] = {}
+    for key, value in list((meta or {}).items())[:VERDICT_META_ITEMS]:
+        out[key[:VERDICT_META_CHARS]] = value[:VERDICT_META_CHARS] if isinstance(value, str) else value
+    return out
+
+
+@dataclass
+class PartVerdict(_Message):
+    """One decision per part, fused from the verdicts of its views (cameras). Key: ``part_id``.
+
+    ``is_defective`` is true when any view is defective, or when a view is missing at the deadline and
+    the line's ``missing_view_decision`` is ``reject`` (a part nobody saw whole is not passed by default).
+    """
+
+    KIND: ClassVar[str] = "PartVerdict"
+    part_id: str
+    line_id: str
+    product: str
+    decided_at_ns: int
+    first_captured_at_ns: int
+    deadline_at_ns: int  # the part must be decided (and acted on) before this: first capture + part deadline
+    reason: str  # "complete": every expected view arrived; "deadline": decided at the deadline
+    views: list[dict[str, Any]]  # one per view: camera_id, frame_id, score, threshold, is_defective, late
+    expected_views: list[str]
+    missing_views: list[str]
+    worst_score_ratio: float  # max over views of score / threshold (> 1: a defective view)
+    worst_camera_id: str | None
+    is_defective: bool
+    late: bool  # decided after deadline_at_ns, or a view was late: a reject gate must not act on it
+    meta: dict[str, Any] | None = None  # the views' meta, merged (first view wins), bounded as a verdict's
+    schema_version: int = 1
+
+    def _validate(self) -> None:
+        if not 1 <= len(self.part_id) <= 128:
+            raise SchemaError(Reason.INVALID_FIELD, "PartVerdict: part_id must be 1..128 characters")
+        if self.reason not in ("complete", "deadline"):
+            raise SchemaError(Reason.INVALID_FIELD, f"PartVerdict: unknown reason {self.reason!r}")
+        for view in self.views:
+            if not isinstance(view, dict) or not isinstance(view.get("camera_id"), str):
+                raise SchemaError(Reason.INVALID_FIELD, "PartVerdict: every view is a map with a camera_id")
 
 
 @dataclass
@@ -260,5 +316,5 @@ class DeadLetter(_Message):
         )
 
 
-for _message in (Frame, Verdict, Heatmap, DeadLetter):
+for _message in (Frame, Verdict, PartVerdict, Heatmap, DeadLetter):
     _message.SPEC = _spec_of(_message)

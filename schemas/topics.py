@@ -1,4 +1,4 @@
-"""Topic names: one topic per line for frames, verdicts and heatmaps; one dead-letter topic.
+"""Topic names: one topic per line for frames, verdicts, heatmaps and part verdicts; one dead-letter topic.
 
 Per-line verdict topics let a plant grant an MES client exactly one line
 (a prefixed ACL on ``lineguard.verdicts.<line_id>``).
@@ -10,7 +10,7 @@ import re
 
 PREFIX = "lineguard"
 DEADLETTER = f"{PREFIX}.deadletter"
-KINDS = ("frames", "verdicts", "heatmaps")  # the per-line topic families
+KINDS = ("frames", "verdicts", "heatmaps", "parts")  # the per-line topic families
 _LINE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -46,6 +46,11 @@ def verdicts(line_id: str) -> str:
 
 def heatmaps(line_id: str) -> str:
     return per_line("heatmaps", line_id)
+
+
+def parts(line_id: str) -> str:
+    """One PartVerdict per part, keyed by part_id: what a reject gate and an MES wanting per-part decisions read."""
+    return per_line("parts", line_id)
 
 
 

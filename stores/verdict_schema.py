@@ -58,7 +58,10 @@ def _frame_uuid(frame_id: str) -> str:
 
 # Plain Python values for the ClickHouse clients (a numpy float or int subclass would not
 # serialise to JSON, and a bool must not pass as an int).
-_TO_COLUMN: dict[type, Callable[[Any], Any]] = {str: str, int: int, float: float, bool: bool}
+_TO_COLUMN: dict[type, Callable[[Any], Any]] = {
+    str: str, int: int, float: float, bool: bool,
+    dict: lambda meta: {str(k): str(v) for k, v in meta.items()},  # Map(String, String): values as text
+}
 _COLUMN_OVERRIDES: dict[str, Callable[[Any], Any]] = {"frame_id": _frame_uuid}
 
 
@@ -79,9 +82,12 @@ _CONVERTERS = _column_converters()
 def verdict_row(verdict: Verdict) -> list[Any]:
     """One Verdict as a row in :data:`VERDICT_COLUMNS` order (``None`` stays ``None``)."""
     return [
-        None if (value := getattr(verdict, name)) is None else convert(value)
+        _NULL_AS.get(name) if (value := getattr(verdict, name)) is None else convert(value)
         for name, convert in zip(VERDICT_COLUMNS, _CONVERTERS)
     ]
+
+
+_NULL_AS: dict[str, Any] = {"meta": {}}  # a Map column is not Nullable: no meta is an empty map
 
 
 def check_identifier(name: str, what: str = "database name") -> str:
@@ -109,6 +115,9 @@ _COLUMNS_DDL = f"""
         queue_wait_ms  Float64 CODEC(Gorilla, ZSTD(1)),
         inference_ms   Float64 CODEC(Gorilla, ZSTD(1)),
         processor_id   LowCardinality(String),
+        part_id        Nullable(String) CODEC(ZSTD(1)),
+        meta           Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+        late           Nullable(Bool),
         schema_version UInt16,
         -- when the row reached ClickHouse (capture -> row latency); the sink never sends it
         ingested_at    DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
@@ -116,6 +125,12 @@ _COLUMNS_DDL = f"""
         captured_at    DateTime64(6, 'UTC') ALIAS {CAPTURED_AT},
         scored_at      DateTime64(6, 'UTC') ALIAS {SCORED_AT}
     )"""
+
+_ADDED_COLUMNS = (
+    "part_id Nullable(String) CODEC(ZSTD(1))",
+    "meta Map(LowCardinality(String), String) CODEC(ZSTD(1))",
+    "late Nullable(Bool)",
+)
 
 # captured_at_ns keeps a camera's rows in time order (DoubleDelta needs that). No
 # toStartOfHour(captured_at) part: with it ClickHouse (chdb 4.4) fails time-range queries over
@@ -137,7 +152,7 @@ def _latest_view(db: str, on_cluster: str) -> str:
     # v.<column>: the stored column, not the alias of the same name below
     latest = ", ".join(f"argMax(v.{c}, v.scored_at_ns) AS {c}" for c in (
         "seq", "model_name", "model_version", "score", "threshold", "is_defective", "heatmap_key",
-        "queue_wait_ms", "inference_ms", "processor_id", "schema_version"))
+        "queue_wait_ms", "inference_ms", "processor_id", "part_id", "meta", "late", "schema_version"))
     return f"""
         CREATE OR REPLACE VIEW {db}.verdicts_latest{on_cluster} AS
         SELECT frame_id, line_id, camera_id, product, captured_at_ns,
@@ -167,9 +182,14 @@ def schema_statements(database: str, *, ttl_days: int | None = None, cluster: st
         on = ""
         tables = [f"CREATE TABLE IF NOT EXISTS {db}.verdicts\n{_COLUMNS_DDL}\n"
                   f"ENGINE = ReplacingMergeTree(scored_at_ns)\n{tail}"]
+    # Columns added after a table was first created (v1 fields added compatibly): existing stores gain them.
+    added = [f"ALTER TABLE {db}.{table}{on} ADD COLUMN IF NOT EXISTS {column} AFTER processor_id"
+             for table in (["verdicts_local", "verdicts"] if cluster else ["verdicts"])
+             for column in reversed(_ADDED_COLUMNS)]
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}{on}",
         *tables,
+        *added,
         _latest_view(db, on),
         # quantileExactInclusive is the usual linear-interpolation quantile (R7,
         # numpy's default), exact rather than sampled.
