@@ -53,7 +53,8 @@ class FrameProcessor:
         self.settings = settings
         pconf = settings.processor
         self.registry = ModelRegistry.from_settings(settings)
-        self.scorer = BatchScorer(pconf, ImageLimits.from_config(settings.limits), self.registry)
+        self.scorer = BatchScorer(pconf, ImageLimits.from_config(settings.limits), self.registry,
+                                  plant=settings.plant)
         # Two scoring threads, one per batch the batcher prepares at once: one batch decodes or renders
         # while the other is in ONNX Runtime (which already uses every core inside one run).
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
@@ -135,6 +136,9 @@ class FrameProcessor:
                 self.counts["heatmaps_out"] += 1
             sends.append(self._publish(topics.verdicts(frame.line_id), key_bytes, outcome.verdict.encode()))
             self.counts["verdicts_out"] += 1
+            if outcome.verdict.late:
+                self.counts["late"] += 1
+                prom.LATE_VERDICTS.labels(frame.line_id).inc()
             if outcome.verdict.is_defective:
                 self.counts["defective"] += 1
         await asyncio.gather(*sends)

@@ -49,6 +49,30 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _parts(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from lineguard.kafka import ensure_topics
+    from lineguard.metrics import serve_metrics
+
+    from .part_service import PartService
+
+    ensure_topics(settings.kafka, [args.line])
+    serve_metrics(settings.processor.metrics_port, settings.metrics_host, "parts")
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        counts = PartService(settings, args.line, group=args.group).run(stop, idle_exit_s=args.until_idle)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print(f"parts: line={args.line} decided={counts['decided']} complete={counts['complete']} "
+          f"deadline={counts['deadline']} missing_views={counts['missing_views']} late={counts['late']} "
+          f"defective={counts['defective']} deadletter={counts['deadletter']}", flush=True)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("process", help="score frames from the lines' frame topics (a faust worker)")
     p.add_argument("--lines", help="comma-separated line ids and line-id patterns such as '*' or 'plant2-*', "
@@ -58,3 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int)
     p.add_argument("--max-wait-ms", type=int)
     p.set_defaults(handler=_process)
+
+    from lineguard.cli_options import add_until_idle
+
+    p = sub.add_parser("parts", help="decide each part from its views' verdicts: lineguard.parts.<line>",
+                       description="Read a line's verdicts and publish one PartVerdict per part (all expected "
+                                   "views in, or the part deadline passed; plant.lines.<line>). One per line. "
+                                   "Prints 'parts: line=... decided=N ...' on exit.")
+    p.add_argument("--line", required=True, help="the line whose parts to decide")
+    p.add_argument("--group", help="consumer group (default: lineguard-parts-<line>)")
+    add_until_idle(p, "exit once no verdict arrived for this long and no part is open (default: run until SIGINT/SIGTERM)")
+    p.set_defaults(handler=_parts)

@@ -8,6 +8,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 FRAMES_IN = Counter("lineguard_processor_frames_in", "Frame messages taken from the frame topics", ["line"])
 VERDICTS_OUT = Counter("lineguard_processor_verdicts_out", "Verdicts acknowledged by the broker", ["line"])
+LATE_VERDICTS = Counter("lineguard_processor_late_verdicts",
+                        "Verdicts scored after their line's verdict deadline (flagged late, never gated)", ["line"])
+PARTS_DECIDED = Counter("lineguard_parts_decided", "Part verdicts published, by reason (complete, deadline)",
+                        ["line", "reason"])
+LATE_PARTS = Counter("lineguard_parts_late", "Part verdicts decided after their deadline or with a late view",
+                     ["line"])
 HEATMAPS_OUT = Counter("lineguard_processor_heatmaps_out", "Heatmaps acknowledged by the broker", ["line"])
 DEAD_LETTERS = Counter("lineguard_processor_dead_letters", "Frames sent to the dead-letter topic, by reason code",
                        ["reason"])

@@ -1,4 +1,4 @@
-"""``lineguard sink clickhouse|heatmaps [--lines L1,L2 | all] [--until-idle SECONDS]``."""
+"""``lineguard sink clickhouse|parts|heatmaps [--lines L1,L2 | all] [--until-idle SECONDS]``."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from lineguard.schemas import topics
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "sink",
-        help="write verdicts to ClickHouse or heatmaps to object storage",
+        help="write verdicts or part verdicts to ClickHouse, or heatmaps to object storage",
         description="Consume verdict or heatmap topics and write them out; offsets are committed "
         "only after a successful write. Prints 'sink: kind=... written=N deadletter=N retries=N' on exit.",
     )
-    parser.add_argument("kind", choices=["clickhouse", "heatmaps"])
+    parser.add_argument("kind", choices=["clickhouse", "parts", "heatmaps"],
+                        help="clickhouse: verdicts -> verdicts table; parts: part verdicts -> parts table; "
+                             "heatmaps: overlays -> object store")
     parser.add_argument(
         "--lines", default="all",
         help="comma-separated line ids, or 'all' (default: every line, new ones included)",
@@ -55,13 +57,14 @@ def run_sink(args: argparse.Namespace, settings: Settings) -> int:
     serve_metrics(settings.sinks.metrics_port, settings.metrics_host, f"sink {args.kind}")
     stop = threading.Event()
     store: Any
-    if args.kind == "clickhouse":
+    if args.kind in ("clickhouse", "parts"):
         from lineguard.stores import open_store
 
         from .clickhouse import ClickHouseWriter
+        from .parts import PartsWriter
 
         store = open_store(settings)
-        writer: Any = ClickHouseWriter(settings, store)
+        writer: Any = (ClickHouseWriter if args.kind == "clickhouse" else PartsWriter)(settings, store)
     else:
         from lineguard.stores import open_object_store
 

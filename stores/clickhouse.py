@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from lineguard.config import ConfigError, Settings
-from lineguard.schemas import Verdict
+from lineguard.schemas import PartVerdict, Verdict
 
-from .verdict_schema import VERDICT_COLUMNS, check_identifier, schema_statements, verdict_row
+from .verdict_schema import PART_COLUMNS, VERDICT_COLUMNS, check_identifier, part_row, schema_statements, verdict_row
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -55,8 +55,16 @@ class VerdictStore(abc.ABC):
         """Run a statement that returns no rows (DDL)."""
 
     @abc.abstractmethod
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[list[Any]]) -> int:
+        """Insert rows of plain Python values into ``table``; returns the rows sent."""
+
     def insert_verdicts(self, verdicts: Sequence[Verdict]) -> int:
         """Insert verdicts (replays welcome: they collapse); returns the rows sent."""
+        return self.insert_rows("verdicts", VERDICT_COLUMNS, [verdict_row(v) for v in verdicts])
+
+    def insert_parts(self, parts: Sequence[PartVerdict]) -> int:
+        """Insert part verdicts (a re-decided part collapses to its latest decision)."""
+        return self.insert_rows("parts", PART_COLUMNS, [part_row(p) for p in parts])
 
     @abc.abstractmethod
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -171,16 +179,15 @@ class ChdbStore(VerdictStore):
     def execute(self, sql: str) -> None:
         self._session.query(sql)
 
-    def insert_verdicts(self, verdicts: Sequence[Verdict]) -> int:
-        if not verdicts:
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[list[Any]]) -> int:
+        if not rows:
             return 0
         # Inline JSONEachRow: exact for floats (repr round-trips) and free of SQL quoting.
-        lines = "\n".join(
-            json.dumps(dict(zip(VERDICT_COLUMNS, verdict_row(v)))) for v in verdicts
-        )
-        columns = ", ".join(VERDICT_COLUMNS)
-        self._session.query(f"INSERT INTO {self.database}.verdicts ({columns}) FORMAT JSONEachRow\n{lines}")
-        return len(verdicts)
+        lines = "\n".join(json.dumps(dict(zip(columns, row))) for row in rows)
+        names = ", ".join(columns)
+        self._session.query(f"INSERT INTO {self.database}.{check_identifier(table, 'table')} ({names}) "
+                            f"FORMAT JSONEachRow\n{lines}")
+        return len(rows)
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         params = {k: str(v) for k, v in (parameters or {}).items()}
@@ -241,16 +248,11 @@ class ServerStore(VerdictStore):
     def execute(self, sql: str) -> None:
         self._client.command(sql)
 
-    def insert_verdicts(self, verdicts: Sequence[Verdict]) -> int:
-        if not verdicts:
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[list[Any]]) -> int:
+        if not rows:
             return 0
-        self._client.insert(
-            table="verdicts",
-            database=self.database,
-            data=[verdict_row(v) for v in verdicts],
-            column_names=list(VERDICT_COLUMNS),
-        )
-        return len(verdicts)
+        self._client.insert(table=table, database=self.database, data=list(rows), column_names=list(columns))
+        return len(rows)
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         result = self._client.query(sql, parameters=parameters)

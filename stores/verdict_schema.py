@@ -1,4 +1,4 @@
-"""The ClickHouse layout of verdicts: the DDL, and the insert columns derived from ``Verdict``.
+"""The ClickHouse layout of verdicts and part verdicts: the DDL, and the insert columns derived from ``Verdict``.
 
 ``verdicts`` is a ``ReplacingMergeTree(scored_at_ns)`` ordered by ``(line_id, product,
 camera_id, captured_at_ns, frame_id)``. Everything in that key is fixed by the
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lineguard.config import ConfigError
-from lineguard.schemas import Verdict
+from lineguard.schemas import PartVerdict, Verdict
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -88,6 +88,75 @@ def verdict_row(verdict: Verdict) -> list[Any]:
 
 
 _NULL_AS: dict[str, Any] = {"meta": {}}  # a Map column is not Nullable: no meta is an empty map
+
+
+# Part verdicts: one row per decision; the views as parallel arrays (SQL can ARRAY JOIN them).
+PART_COLUMNS: tuple[str, ...] = (
+    "part_id", "line_id", "product", "decided_at_ns", "first_captured_at_ns", "deadline_at_ns", "reason",
+    "view_camera_ids", "view_frame_ids", "view_scores", "view_thresholds", "view_defective", "view_late",
+    "expected_views", "missing_views", "worst_score_ratio", "worst_camera_id", "is_defective", "late",
+    "meta", "schema_version",
+)
+
+
+def part_row(part: PartVerdict) -> list[Any]:
+    """One PartVerdict as a row in :data:`PART_COLUMNS` order."""
+    views = part.views
+    return [
+        part.part_id, part.line_id, part.product, int(part.decided_at_ns), int(part.first_captured_at_ns),
+        int(part.deadline_at_ns), part.reason,
+        [str(v["camera_id"]) for v in views], [str(v.get("frame_id", "")) for v in views],
+        [float(v.get("score", 0.0)) for v in views], [float(v.get("threshold", 0.0)) for v in views],
+        [bool(v.get("is_defective")) for v in views], [bool(v.get("late")) for v in views],
+        list(part.expected_views), list(part.missing_views), float(part.worst_score_ratio), part.worst_camera_id,
+        bool(part.is_defective), bool(part.late), {str(k): str(v) for k, v in (part.meta or {}).items()},
+        int(part.schema_version),
+    ]
+
+
+_PARTS_DDL = """
+    (
+        part_id             String,
+        line_id             LowCardinality(String),
+        product             LowCardinality(String),
+        decided_at_ns       Int64,
+        first_captured_at_ns Int64 CODEC(DoubleDelta, ZSTD(1)),
+        deadline_at_ns      Int64,
+        reason              LowCardinality(String),
+        view_camera_ids     Array(LowCardinality(String)),
+        view_frame_ids      Array(String),
+        view_scores         Array(Float64),
+        view_thresholds     Array(Float64),
+        view_defective      Array(Bool),
+        view_late           Array(Bool),
+        expected_views      Array(LowCardinality(String)),
+        missing_views       Array(LowCardinality(String)),
+        worst_score_ratio   Float64,
+        worst_camera_id     Nullable(String),
+        is_defective        Bool,
+        late                Bool,
+        meta                Map(LowCardinality(String), String),
+        schema_version      UInt16,
+        first_captured_at   DateTime64(6, 'UTC') ALIAS fromUnixTimestamp64Micro(intDiv(first_captured_at_ns, 1000), 'UTC')
+    )"""
+
+
+def _parts_table(db: str, ttl_days: int | None, cluster: str | None) -> list[str]:
+    """A re-decided part (at-least-once) collapses to its latest decision: ReplacingMergeTree(decided_at_ns)
+    keyed by the part alone, so a replay that saw other views still lands on the same key."""
+    ttl = (f"TTL toDateTime(fromUnixTimestamp64Micro(intDiv(first_captured_at_ns, 1000), 'UTC')) "
+           f"+ INTERVAL {int(ttl_days)} DAY\n") if ttl_days else ""
+    tail = f"ORDER BY (line_id, product, part_id)\n{ttl}"
+    if cluster:
+        on = f" ON CLUSTER {cluster}"
+        return [
+            f"CREATE TABLE IF NOT EXISTS {db}.parts_local{on}\n{_PARTS_DDL}\n"
+            f"ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/parts', '{{replica}}', "
+            f"decided_at_ns)\n{tail}",
+            f"CREATE TABLE IF NOT EXISTS {db}.parts{on} AS {db}.parts_local\n"
+            f"ENGINE = Distributed({cluster}, {db}, parts_local, cityHash64(part_id))",
+        ]
+    return [f"CREATE TABLE IF NOT EXISTS {db}.parts\n{_PARTS_DDL}\nENGINE = ReplacingMergeTree(decided_at_ns)\n{tail}"]
 
 
 def check_identifier(name: str, what: str = "database name") -> str:
@@ -190,6 +259,7 @@ def schema_statements(database: str, *, ttl_days: int | None = None, cluster: st
         f"CREATE DATABASE IF NOT EXISTS {db}{on}",
         *tables,
         *added,
+        *_parts_table(db, ttl_days, cluster.strip() if cluster else None),
         _latest_view(db, on),
         # quantileExactInclusive is the usual linear-interpolation quantile (R7,
         # numpy's default), exact rather than sampled.

@@ -59,6 +59,10 @@ def make_verdicts(
                 queue_wait_ms=rng.uniform(0, 20),
                 inference_ms=rng.uniform(1, 9),
                 processor_id="proc-1",
+                # the compatible v1 additions on some rows (string meta values: the column is Map(String, String))
+                part_id=f"part-{i // 2}" if i % 3 == 0 else None,
+                meta={"serial": f"SN{i:06d}"} if i % 3 == 0 else None,
+                late=(i % 6 == 0) if i % 3 == 0 else None,
             )
         )
     return verdicts

@@ -38,7 +38,7 @@ def test_create_schema_is_idempotent_and_has_the_replacing_layout(verdict_store:
             {"db": db},
         )
     }
-    assert set(tables) == {"verdicts", "verdicts_latest", "verdicts_hourly"}
+    assert set(tables) == {"verdicts", "verdicts_latest", "verdicts_hourly", "parts"}
     verdicts = tables["verdicts"]
     assert verdicts["engine"] == "ReplacingMergeTree"
     assert "ReplacingMergeTree(scored_at_ns)" in verdicts["engine_full"]
@@ -82,7 +82,9 @@ def test_verdict_row_hands_the_clients_plain_python_values() -> None:
     )
     row = dict(zip(VERDICT_COLUMNS, verdict_row(verdict)))
     # frame ids are hex UUID4s: the UUID column takes their canonical form
-    assert row == {**dataclasses.asdict(verdict), "frame_id": str(uuid.UUID(verdict.frame_id))}
+    # no meta is an empty map (a Map column is not Nullable)
+    assert row == {**dataclasses.asdict(verdict), "frame_id": str(uuid.UUID(verdict.frame_id)),
+                   "meta": verdict.meta or {}}
     # anything else goes through unchanged, for ClickHouse to refuse (a permanent, dead-lettered error)
     assert verdict_row(dataclasses.replace(verdict, frame_id="f1"))[0] == "f1"
     assert type(row["seq"]) is int and type(row["score"]) is float and type(row["is_defective"]) is bool
@@ -98,7 +100,7 @@ def test_inserted_verdicts_read_back_field_for_field(verdict_store: VerdictStore
     assert len(rows) == 100
     for verdict, row in zip(verdicts, rows):
         for name, value in dataclasses.asdict(verdict).items():
-            assert row[name] == value, name
+            assert row[name] == (value or {} if name == "meta" else value), name
         assert row["captured_at"] == _utc_from_ns(verdict.captured_at_ns)
         assert row["scored_at"] == _utc_from_ns(verdict.scored_at_ns)
 

@@ -44,6 +44,7 @@ def _wanted_topics(kafka_cfg: KafkaConfig, line_ids: Iterable[str], live_brokers
         wanted.append(NewTopic(topics.frames(line_id), parts, rf, config=frames_cfg))
         wanted.append(NewTopic(topics.verdicts(line_id), parts, rf, config=dict(retained)))
         wanted.append(NewTopic(topics.heatmaps(line_id), parts, rf, config=dict(size)))
+        wanted.append(NewTopic(topics.parts(line_id), parts, rf, config=dict(retained)))
     wanted.append(NewTopic(topics.DEADLETTER, 1, rf, config=dict(size)))
     return wanted
 
