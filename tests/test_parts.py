@@ -105,6 +105,48 @@ def test_a_re_scored_view_replaces_its_replay():
     assert decision.part.is_defective is False and len(decision.part.views) == 3
 
 
+def test_the_processor_flags_late_verdicts_and_carries_part_id_and_bounded_meta(tmp_path):
+    """A verdict scored past the line's deadline after capture says late; meta and part_id travel, bounded."""
+    import dataclasses
+
+    import numpy as np
+
+    from lineguard.config import ProcessorConfig
+    from lineguard.inspection import ModelRegistry
+    from lineguard.processors.scoring import BatchScorer, Work
+    from lineguard.schemas import ImageLimits
+    from lineguard.schemas.messages import VERDICT_META_CHARS, VERDICT_META_ITEMS
+    from test_processor_core import _frame, _normal, _save_baseline
+
+    rng = np.random.default_rng(3)
+    _save_baseline(tmp_path / "widget", rng)
+    plant = PlantConfig(lines={"line1": LineConfig(verdict_deadline_ms=500)})
+    scorer = BatchScorer(ProcessorConfig(model_dir=tmp_path), ImageLimits(), ModelRegistry(tmp_path), plant=plant)
+    meta = {f"k{i:02d}": "x" * 1000 for i in range(40)}
+    fresh = dataclasses.replace(_frame(_normal(rng)), part_id="P-1", meta=meta)
+    stale = dataclasses.replace(_frame(_normal(rng)), captured_at_ns=time.time_ns() - 2_000 * MS)
+    on_time, late = (o.verdict for o in scorer.score([Work(fresh, time.time_ns()), Work(stale, time.time_ns())]))
+    assert (on_time.late, late.late) == (False, True)
+    assert on_time.part_id == "P-1" and late.part_id is None
+    assert len(on_time.meta) == VERDICT_META_ITEMS and all(len(v) == VERDICT_META_CHARS for v in on_time.meta.values())
+    assert Verdict.decode(on_time.encode()) == on_time
+    # a line without a deadline leaves late unset (older consumers: the field is simply absent)
+    other = BatchScorer(ProcessorConfig(model_dir=tmp_path), ImageLimits(), ModelRegistry(tmp_path))
+    assert other.score([Work(stale, time.time_ns())])[0].verdict.late is None
+
+
+def test_the_added_verdict_fields_are_compatible_both_ways():
+    """A verdict from before part_id/meta/late decodes (they are None); a consumer that knows only the
+    older fields still reads a new verdict (unknown keys are ignored by design)."""
+    import msgpack
+
+    new = _verdict("P-9", "top", 10_000 * MS, late=True, meta={"serial": "SN9"})
+    old_doc = {k: v for k, v in new.to_dict().items() if k not in ("part_id", "meta", "late")}
+    old = Verdict.decode(msgpack.packb(old_doc, use_bin_type=True))
+    assert (old.part_id, old.meta, old.late) == (None, None, None) and old.schema_version == 1
+    assert {k: getattr(old, k) for k in old_doc} == old_doc
+
+
 # ---- two cameras on the real broker ------------------------------------------------------------
 
 PARTS = 24
