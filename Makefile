@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 PIP    := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip --disable-pip-version-check
 STAMP  := $(VENV)/.stamp
 
-.PHONY: demo test venv train-deps stack-deps browser-deps helm-deps openvino-deps gpu-install-test stack-up stack-down clean help
+.PHONY: demo test venv train-deps stack-deps browser-deps gate-deps rtsp-deps helm-deps openvino-deps gpu-install-test stack-up stack-down clean help
 
 help:
 	@echo "make demo   - set up, fit PatchCore, run 2 lines through Kafka -> processors -> sinks"
@@ -20,7 +20,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -e '.[cpu,dev]'
+	$(PIP) install -q -e '.[cpu,dev,genicam]'
 	touch $@
 
 venv: $(STAMP)
@@ -65,6 +65,15 @@ demo: train-deps
 browser-deps:
 	bash tests/browser/install.sh
 
+# Debian's mosquitto broker for the reject gate's MQTT test (no-op when installed; the test starts its own).
+gate-deps:
+	bash tests/gate/install.sh
+
+# GStreamer's RTSP server (Debian packages, run by the system Python) for the RTSP source test
+# (tests/test_live_sources.py; no-op when installed).
+rtsp-deps:
+	bash tests/rtsp/install.sh
+
 # helm v4 for the chart's tests (helm lint / helm template), built from the Go module proxy into
 # .cache/bin once; tests/test_helm.py finds it there.
 HELM_VERSION := v4.3.2
@@ -75,7 +84,7 @@ $(HELM):
 
 helm-deps: $(HELM)
 
-test: stack-deps train-deps browser-deps helm-deps openvino-deps
+test: stack-deps train-deps browser-deps gate-deps rtsp-deps helm-deps openvino-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean: stack-down

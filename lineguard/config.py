@@ -92,6 +92,18 @@ class ProducerConfig(_Section):
     delivery_timeout_ms: int = Field(default=120_000, ge=1000)
     jpeg_quality: int = Field(default=92, ge=10, le=100)
     metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
+    # Live sources (rtsp://, genicam:): docs/cameras.md#live-cameras-rtsp-and-genicam.
+    stream_stale_after_s: float = Field(default=5.0, ge=0)  # no frame this long: WARNING + gauge; 0 = off
+    stream_read_timeout_s: float = Field(default=5.0, gt=0)  # opening, or waiting for a frame, gives up after
+    stream_reconnect_initial_s: float = Field(default=0.5, gt=0)  # reconnect back-off: first delay ...
+    stream_reconnect_max_s: float = Field(default=10.0, gt=0)     # ... doubled up to this
+    stream_fps: float = Field(default=0.0, ge=0)  # the camera's frame rate for gap estimates; 0 = as the stream says
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # FFmpeg without its start-up buffering: frames arrive as sent, so receipt time is capture time plus
+    # the network; turn off for a camera FFmpeg cannot open so (its SDP lacks the stream's parameters).
+    rtsp_low_latency: bool = True
+    genicam_device: str = ""  # device id, serial number or index among the producer's devices; "" = the first
+    genicam_timestamp_tick_hz: int = Field(default=0, ge=0)  # 0 = as the producer or device reports
 
 
 class BatchingConfig(_Section):
@@ -294,10 +306,29 @@ class LineConfig(_Section):
     verdict_deadline_ms: int | None = Field(default=None, ge=1)
     # Camera ids that see each part; a part is decided when all have a verdict, or at part_deadline_ms.
     part_views: list[str] = Field(default_factory=list)
-    part_deadline_ms: int = Field(default=2000, ge=1)
+    # None: 2000 ms, or 3/4 of verdict_deadline_ms when that is shorter (see part_wait_ms).
+    part_deadline_ms: int | None = Field(default=None, ge=1)
     # A view missing at the deadline: reject the part (fail safe) or decide on the views that arrived.
     missing_view_decision: Literal["reject", "pass"] = "reject"
     cameras: dict[str, CameraConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _parts_decided_before_the_verdict_deadline(self) -> "LineConfig":
+        if (self.verdict_deadline_ms is not None and self.part_deadline_ms is not None
+                and self.part_deadline_ms >= self.verdict_deadline_ms):
+            raise ValueError(f"part_deadline_ms ({self.part_deadline_ms}) must be below verdict_deadline_ms "
+                             f"({self.verdict_deadline_ms}): a part missing a view must be decided while a "
+                             "reject gate can still act on it")
+        return self
+
+    @property
+    def part_wait_ms(self) -> int:
+        """How long after a part's first capture its views are waited for."""
+        if self.part_deadline_ms is not None:
+            return self.part_deadline_ms
+        if self.verdict_deadline_ms is not None:
+            return min(2000, max(1, self.verdict_deadline_ms * 3 // 4))
+        return 2000
 
 
 class PlantConfig(_Section):
@@ -309,6 +340,62 @@ class PlantConfig(_Section):
     def camera(self, line_id: str, camera_id: str) -> CameraConfig | None:
         cameras = self.line(line_id).cameras
         return cameras.get(camera_id) or cameras.get("*")
+
+
+class OpcUaGateConfig(_Section):
+    """``lineguard gate opcua``: the PLC's OPC UA server and the nodes the gate writes (``{line}`` is the line id)."""
+
+    endpoint: str = "opc.tcp://127.0.0.1:4840"
+    part_id_node: str = "ns=2;s=lineguard.{line}.part_id"      # String
+    reject_node: str = "ns=2;s=lineguard.{line}.reject"        # Boolean
+    sequence_node: str = "ns=2;s=lineguard.{line}.sequence"    # Int32, written last: the PLC's trigger
+    heartbeat_node: str = "ns=2;s=lineguard.{line}.heartbeat"  # Int32, +1 every gate.heartbeat_s
+    # No username: anonymous. Message security (signing, encryption) is not implemented: SecurityPolicy None.
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    timeout_s: float = Field(default=2.0, gt=0)  # connect and each write
+
+    def secret(self) -> str | None:
+        return _read_secret(self.password, self.password_file)
+
+
+class MqttGateConfig(_Section):
+    """``lineguard gate mqtt``: the broker and the topics the gate publishes to (``{line}`` is the line id)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    # plain: ``topic``; sparkplug: spBv1.0/<group>/DDATA/<edge node>/<device>, JSON payload (not Sparkplug B protobuf).
+    topic_style: Literal["plain", "sparkplug"] = "plain"
+    topic: str = "lineguard/{line}/parts"
+    sparkplug_group_id: str = "lineguard"
+    sparkplug_edge_node_id: str = "gate"
+    sparkplug_device_id: str = "{line}"
+    heartbeat_topic: str = "lineguard/{line}/heartbeat"
+    qos: int = Field(default=1, ge=0, le=2)  # 1 and 2: a decision counts as sent once the broker acknowledged it
+    client_id: str = Field(default_factory=lambda: f"lineguard-gate-{os.uname().nodename}-{os.getpid()}")
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    keepalive_s: int = Field(default=10, ge=1)
+    timeout_s: float = Field(default=2.0, gt=0)  # connect and each acknowledgement
+
+    def secret(self) -> str | None:
+        return _read_secret(self.password, self.password_file)
+
+
+class GateConfig(_Section):
+    """``lineguard gate``: PartVerdicts of ``lines`` -> the PLC's reject gate (OPC UA or MQTT)."""
+
+    lines: list[str] = Field(default_factory=lambda: ["line1"])
+    consumer_group: str | None = None  # None: lineguard-gate-<opcua|mqtt>
+    queue_size: int = Field(default=1000, ge=1)  # decisions held while the PLC is away; Kafka is paused when full
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    reconnect_initial_ms: int = Field(default=200, ge=1)
+    reconnect_max_ms: int = Field(default=5000, ge=1)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
+    opcua: OpcUaGateConfig = OpcUaGateConfig()
+    mqtt: MqttGateConfig = MqttGateConfig()
 
 
 class Settings(BaseSettings):
@@ -332,6 +419,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsConfig = AnalyticsConfig()
     api: ApiConfig = ApiConfig()
     plant: PlantConfig = PlantConfig()
+    gate: GateConfig = GateConfig()
 
     @classmethod
     def settings_customise_sources(

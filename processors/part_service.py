@@ -77,7 +77,7 @@ class PartService:
         partitions = self._assign()
         last_message = time.monotonic()
         log.info("deciding parts of line %s: %s -> %s (views %s, deadline %d ms)", self.line_id, self.source,
-                 self.target, self.assembler.line.part_views or "any", self.assembler.line.part_deadline_ms)
+                 self.target, self.assembler.line.part_views or "any", self.assembler.line.part_wait_ms)
         try:
             while not stop_event.is_set():
                 messages = self.consumer.consume(500, timeout=0.2)

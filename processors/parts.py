@@ -4,7 +4,9 @@ Pure logic, no Kafka (``part_service`` feeds it). A part is decided when every v
 expects (``plant.lines.<line>.part_views``) has a verdict, or when its deadline passes
 (``part_deadline_ms`` after the first view's capture) with what arrived; missing views are named,
 and by default (``missing_view_decision: reject``) make the part defective. A verdict without a
-``part_id`` is a part of its own (the frame is the part), decided at once.
+``part_id`` is a part of its own (the frame is the part), decided at once. The part deadline (stop
+waiting for views) comes before the line's verdict deadline (``verdict_deadline_ms``: the reject
+gate must act by then), so a part missing a view is still decided in time to be rejected.
 
 Deadlines are judged in event time as well as wall time: a part is expired only when the wall
 clock is past its deadline **and** the assembler has seen every input partition either caught up
@@ -32,7 +34,8 @@ class _OpenPart:
     product: str
     expected: list[str]  # camera ids that complete the part; empty: decided at the deadline
     first_captured_at_ns: int
-    deadline_at_ns: int
+    decide_by_ns: int  # stop waiting for views: first capture + part deadline
+    deadline_at_ns: int | None  # act by: first capture + verdict deadline (None: the line has none)
     views: dict[str, Verdict] = field(default_factory=dict)  # camera_id -> its verdict (latest scored wins)
     positions: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of every view read
 
@@ -86,10 +89,10 @@ class PartAssembler:
     def expire(self) -> list[Decision]:
         """Decide the parts whose deadline has passed, in wall time and in every partition's event time."""
         now = self.clock()
-        due = [p for p in self.open.values() if now >= p.deadline_at_ns and self._all_partitions_past(p.deadline_at_ns)]
+        due = [p for p in self.open.values() if now >= p.decide_by_ns and self._all_partitions_past(p.decide_by_ns)]
         for part in due:
             del self.open[part.part_id]
-        return [self._decide(part, "deadline") for part in sorted(due, key=lambda p: p.deadline_at_ns)]
+        return [self._decide(part, "deadline") for part in sorted(due, key=lambda p: p.decide_by_ns)]
 
     def open_offsets(self) -> dict[int, int]:
         """Per partition, the lowest offset still held by an undecided part (commit no further)."""
@@ -110,7 +113,9 @@ class PartAssembler:
         return _OpenPart(
             part_id=part_id, line_id=verdict.line_id, product=verdict.product, expected=expected,
             first_captured_at_ns=verdict.captured_at_ns,
-            deadline_at_ns=verdict.captured_at_ns + self.line.part_deadline_ms * 1_000_000,
+            decide_by_ns=verdict.captured_at_ns + self.line.part_wait_ms * 1_000_000,
+            deadline_at_ns=(None if self.line.verdict_deadline_ms is None
+                            else verdict.captured_at_ns + self.line.verdict_deadline_ms * 1_000_000),
             views={verdict.camera_id: verdict}, positions=[(partition, offset)],
         )
 
@@ -139,7 +144,8 @@ class PartAssembler:
             worst_score_ratio=float(ratios[worst]), worst_camera_id=worst,
             is_defective=any(v.is_defective for v in views)
             or bool(missing and self.line.missing_view_decision == "reject"),
-            late=decided_at > part.deadline_at_ns or any(bool(v.late) for v in views),
+            late=(part.deadline_at_ns is not None and decided_at > part.deadline_at_ns)
+            or any(bool(v.late) for v in views),
             meta=verdict_meta(meta) or None,
         )
         return Decision(part_verdict, part.positions)

@@ -159,15 +159,16 @@ class CameraProducer:
     def stats(self) -> ProducerStats:
         return ProducerStats(self._sent, self._delivered, self._failed, self._skipped)
 
-    def build_frame(self, image: np.ndarray, meta: dict[str, Any] | None = None) -> Frame:
-        """The Frame for ``image`` with this camera's next sequence number."""
+    def build_frame(self, image: np.ndarray, meta: dict[str, Any] | None = None,
+                    captured_at_ns: int | None = None) -> Frame:
+        """The Frame for ``image`` with this camera's next sequence number, captured now unless told."""
         data, dtype, shape = encode(image, self.encoding, quality=self.settings.producer.jpeg_quality)
         frame = Frame(
             frame_id=new_frame_id(),
             line_id=self.line_id,
             camera_id=self.camera_id,
             product=self.product,
-            captured_at_ns=time.time_ns(),
+            captured_at_ns=time.time_ns() if captured_at_ns is None else captured_at_ns,
             seq=self._seq,
             encoding=self.encoding,
             image=data,
@@ -178,15 +179,16 @@ class CameraProducer:
         self._seq += 1
         return frame
 
-    def send(self, image: np.ndarray, meta: dict[str, Any] | None = None) -> Frame:
-        """Queue one image for delivery; returns the Frame sent.
+    def send(self, image: np.ndarray, meta: dict[str, Any] | None = None,
+             captured_at_ns: int | None = None) -> Frame:
+        """Queue one image for delivery; returns the Frame sent (``captured_at_ns``: default now).
 
         Raises FrameTooLargeError (after counting the frame failed) when the frame
         exceeds what Kafka or the processors accept; the producer stays usable.
         """
         if self._closed:
             raise RuntimeError("CameraProducer is closed")
-        frame = self.build_frame(image, meta)
+        frame = self.build_frame(image, meta, captured_at_ns)
         value = frame.encode()
         self._sent += 1
         self._m_sent.inc()
@@ -250,7 +252,7 @@ class CameraProducer:
                     self._wait_until(due)
                     scheduled += 1
                 try:
-                    self.send(item.image, item.meta)
+                    self.send(item.image, item.meta, item.captured_at_ns)
                 except FrameTooLargeError as exc:
                     log.error("%s (source image %s)", exc, item.name)
         finally:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from lineguard.config import Settings
 
-SOURCE_HELP = "synthetic | folder:PATH (images, or an MVTec category: replays test/) | video:PATH"
+SOURCE_HELP = ("synthetic | folder:PATH (images, or an MVTec category: replays test/) | video:PATH | "
+               "rtsp://... (a live camera, reconnecting) | genicam:PRODUCER.cti (the genicam extra)")
 
 
 def _positive_int(text: str) -> int:
@@ -18,11 +19,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _build_source(args: argparse.Namespace):  # noqa: ANN202 - one of the sources
+def _build_source(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - one of the sources
     from .sources import FolderSource, SyntheticSource, VideoSource
     from .synthetic import SyntheticCamera
 
+    if args.source.startswith(("rtsp://", "rtsps://")):
+        from .rtsp import RtspSource
+
+        return RtspSource(args.source, settings.producer, line_id=args.line, camera_id=args.camera)
     kind, _, path = args.source.partition(":")
+    if kind == "genicam" and path:
+        from .genicam import GenICamSource
+
+        return GenICamSource(path, settings.producer, line_id=args.line, camera_id=args.camera)
     if kind == "synthetic" and not path:
         camera = SyntheticCamera(args.product, size=args.size, seed=args.seed, defect_rate=args.defect_rate)
         return SyntheticSource(camera, start=args.first_index)
@@ -57,7 +66,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     if args.compression:
         settings.producer.compression = args.compression
     try:
-        source = _build_source(args)
+        source = _build_source(args, settings)
     except (ValueError, FileNotFoundError) as exc:
         print(f"lineguard produce: {exc}", file=sys.stderr)
         return 2
@@ -73,8 +82,10 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         pass  # Ctrl-C ends the run; what was sent is still flushed and counted below
     finally:
         stats = producer.close()
+        # Live sources add what they received, missed and reconnected (producers/live.py).
+        live = f" {source.counters.summary()}" if hasattr(source, "counters") else ""
         print(f"produce: line={args.line} sent={stats.sent} delivered={stats.delivered} "
-              f"failed={stats.failed} skipped={stats.skipped}", flush=True)
+              f"failed={stats.failed} skipped={stats.skipped}{live}", flush=True)
     return 1 if stats.failed else 0
 
 

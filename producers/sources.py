@@ -3,7 +3,9 @@
 * :class:`FolderSource` - every image under a folder (sorted, recursive), or the
   ``test/`` split of an MVTec-AD category folder with the defect type as ground truth;
 * :class:`VideoSource`  - the frames of a video file (anything OpenCV can open);
-* :class:`SyntheticSource` - a :class:`~lineguard.producers.synthetic.SyntheticCamera`.
+* :class:`SyntheticSource` - a :class:`~lineguard.producers.synthetic.SyntheticCamera`;
+* live cameras, in their own modules: :class:`~lineguard.producers.rtsp.RtspSource` and
+  :class:`~lineguard.producers.genicam.GenICamSource` (endless, reconnecting; see producers/live.py).
 
 Every source has ``skipped``: files it could not read. A corrupt file on a
 camera share is a fact of life; it is logged, counted and passed over, never fatal.
@@ -36,6 +38,8 @@ class SourceImage:
     image: np.ndarray                                 # H x W x 3 uint8 RGB
     name: str                                         # where it came from, for logs
     meta: dict[str, Any] = field(default_factory=dict)  # travels in Frame.meta
+    # When the camera took it (UTC ns); None: when the producer sends it. Live sources set it.
+    captured_at_ns: int | None = None
 
 
 def is_mvtec_category(path: Path) -> bool:

@@ -32,7 +32,7 @@ _DESCRIPTIONS = {
     "late": "Scored after the line's verdict deadline (plant.lines.<line>.verdict_deadline_ms): stored, never sent to a reject gate. Null when the line has no deadline.",
     "decided_at_ns": "When the part was decided, UTC nanoseconds since the Unix epoch.",
     "first_captured_at_ns": "Capture time of the part's first view.",
-    "deadline_at_ns": "first_captured_at_ns + the line's part deadline: a reject gate acts only before it.",
+    "deadline_at_ns": "first_captured_at_ns + the line's verdict deadline: a reject gate acts only before it; null when the line has no deadline.",
     "reason": "complete: every expected view arrived; deadline: decided at the deadline with what had arrived.",
     "views": "One map per view: camera_id, frame_id, score, threshold, is_defective, late.",
     "expected_views": "The camera ids the line expects per part (plant.lines.<line>.part_views).",

@@ -230,7 +230,8 @@ class PartVerdict(_Message):
     product: str
     decided_at_ns: int
     first_captured_at_ns: int
-    deadline_at_ns: int  # the part must be decided (and acted on) before this: first capture + part deadline
+    # A reject gate must act before this: first capture + the line's verdict deadline; None: the line has none.
+    deadline_at_ns: int | None
     reason: str  # "complete": every expected view arrived; "deadline": decided at the deadline
     views: list[dict[str, Any]]  # one per view: camera_id, frame_id, score, threshold, is_defective, late
     expected_views: list[str]

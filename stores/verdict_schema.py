@@ -104,7 +104,7 @@ def part_row(part: PartVerdict) -> list[Any]:
     views = part.views
     return [
         part.part_id, part.line_id, part.product, int(part.decided_at_ns), int(part.first_captured_at_ns),
-        int(part.deadline_at_ns), part.reason,
+        None if part.deadline_at_ns is None else int(part.deadline_at_ns), part.reason,
         [str(v["camera_id"]) for v in views], [str(v.get("frame_id", "")) for v in views],
         [float(v.get("score", 0.0)) for v in views], [float(v.get("threshold", 0.0)) for v in views],
         [bool(v.get("is_defective")) for v in views], [bool(v.get("late")) for v in views],
@@ -121,7 +121,7 @@ _PARTS_DDL = """
         product             LowCardinality(String),
         decided_at_ns       Int64,
         first_captured_at_ns Int64 CODEC(DoubleDelta, ZSTD(1)),
-        deadline_at_ns      Int64,
+        deadline_at_ns      Nullable(Int64),
         reason              LowCardinality(String),
         view_camera_ids     Array(LowCardinality(String)),
         view_frame_ids      Array(String),

@@ -38,7 +38,7 @@ class Clock:
 def _assembler(clock: Clock, **line: object):
     from lineguard.processors.parts import PartAssembler
 
-    config = {"part_views": ["top", "side"], "part_deadline_ms": 1000, **line}
+    config = {"part_views": ["top", "side"], "part_deadline_ms": 1000, "verdict_deadline_ms": 1500, **line}
     return PartAssembler(PlantConfig(lines={"press1": LineConfig(**config)}), "press1", clock=clock)
 
 
@@ -67,7 +67,24 @@ def test_a_part_missing_a_view_is_decided_at_its_deadline_and_names_it(policy, d
     clock.now_ns = 11_000 * MS
     (decision,) = parts.expire()
     assert decision.part.reason == "deadline" and decision.part.missing_views == ["side"]
-    assert decision.part.is_defective is defective and decision.part.late is False
+    assert decision.part.is_defective is defective
+    # decided at the part deadline, before the verdict deadline: a reject gate can still act on it
+    assert decision.part.deadline_at_ns == 11_500 * MS and decision.part.late is False
+
+
+def test_without_a_verdict_deadline_a_part_has_none_and_is_never_late():
+    clock = Clock(10_000 * MS)
+    parts = _assembler(clock, verdict_deadline_ms=None)
+    parts.add(_verdict("p1", "top", 10_000 * MS), 0, 1)
+    parts.set_caught_up(0, True)
+    clock.now_ns = 99_000 * MS
+    (decision,) = parts.expire()
+    assert decision.part.deadline_at_ns is None and decision.part.late is False
+
+
+def test_the_part_deadline_must_come_before_the_verdict_deadline():
+    with pytest.raises(ValueError, match="part_deadline_ms"):
+        LineConfig(part_views=["top"], part_deadline_ms=2000, verdict_deadline_ms=1500)
 
 
 def test_a_backlog_does_not_cut_parts_whose_views_are_still_unread():
