@@ -75,7 +75,11 @@ class CameraProducer:
         product: str = "washer",
         encoding: str = "jpeg",
         config_overrides: dict[str, Any] | None = None,
+        part_id_meta: str | None = None,
     ) -> None:
+        # The meta field naming the part a frame shows (a serial, the PLC's part counter): its value becomes
+        # Frame.part_id, so `lineguard parts` can join the cameras that see one part.
+        self.part_id_meta = part_id_meta
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose from {ENCODINGS}")
         if not camera_id or len(camera_id) > 128 or not product or len(product) > 128:
@@ -175,9 +179,16 @@ class CameraProducer:
             dtype=dtype,
             shape=shape,
             meta=_clean_meta(meta),
+            part_id=self._part_id(meta),
         )
         self._seq += 1
         return frame
+
+    def _part_id(self, meta: dict[str, Any] | None) -> str | None:
+        if self.part_id_meta is None:
+            return None
+        value = (meta or {}).get(self.part_id_meta)
+        return None if value is None or value == "" else str(value)[:128]
 
     def send(self, image: np.ndarray, meta: dict[str, Any] | None = None,
              captured_at_ns: int | None = None) -> Frame:

@@ -75,7 +75,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
     serve_metrics(settings.producer.metrics_port, settings.metrics_host, "producer")
     producer = CameraProducer(settings, args.line, camera_id=args.camera, product=args.product,
-                              encoding=args.encoding)
+                              encoding=args.encoding, part_id_meta=args.part_id_meta)
     try:
         producer.run(source, fps=args.fps, count=args.count)
     except KeyboardInterrupt:
@@ -106,6 +106,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "synthetic and --loop sources are endless)")
     p.add_argument("--loop", action="store_true", help="replay a folder or video forever")
     p.add_argument("--encoding", choices=["jpeg", "png", "raw"], default="jpeg")
+    p.add_argument("--part-id-meta", metavar="KEY",
+                   help="take each frame's part_id from this meta field (e.g. synthetic_index, or a serial the "
+                        "source attaches), so `lineguard parts` can join the cameras that see one part")
     p.add_argument("--compression", choices=["none", "gzip", "snappy", "lz4", "zstd"],
                    help="Kafka compression (default: producer.compression)")
     synthetic = p.add_argument_group("synthetic camera")

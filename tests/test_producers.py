@@ -185,6 +185,18 @@ def test_frames_are_built_to_the_contract() -> None:
         producer.close(timeout_s=0)
 
 
+def test_part_id_is_taken_from_the_named_meta_field() -> None:
+    producer = CameraProducer(_offline_settings(), "line-7", camera_id="top", part_id_meta="serial")
+    try:
+        image = SyntheticCamera("nut", size=32, seed=1).render(0).image
+        tagged = producer.build_frame(image, {"serial": 4711})
+        untagged = producer.build_frame(image, {"other": "x"})
+        assert Frame.decode(tagged.encode()).part_id == "4711" and untagged.part_id is None
+        assert CameraProducer(_offline_settings(), "line-7").build_frame(image, {"serial": 1}).part_id is None
+    finally:
+        producer.close(timeout_s=0)
+
+
 def test_oversized_frame_is_refused_and_counted_failed(caplog) -> None:
     settings = _offline_settings(message_max_bytes=1024 * 1024)
     producer = CameraProducer(settings, "line-7", encoding="raw")
