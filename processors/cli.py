@@ -54,16 +54,18 @@ def _parts(args: argparse.Namespace, settings: Settings) -> int:
     import threading
 
     from lineguard.kafka import ensure_topics
-    from lineguard.metrics import serve_metrics
+    from lineguard.metrics import serve_metrics, set_readiness
 
     from .part_service import PartService
 
     ensure_topics(settings.kafka, [args.line])
     serve_metrics(settings.processor.metrics_port, settings.metrics_host, "parts")
+    service = PartService(settings, args.line, group=args.group)
+    set_readiness(service.not_ready)
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        counts = PartService(settings, args.line, group=args.group).run(stop, idle_exit_s=args.until_idle)
+        counts = service.run(stop, idle_exit_s=args.until_idle)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -47,6 +47,11 @@ class PartService:
         self._committed: dict[int, int] = {}
         self._ends: dict[int, int] = {}
         self._ends_at = 0.0
+        self.assigned = False
+
+    def not_ready(self) -> str | None:
+        """Why ``/ready`` says no: the verdict topic's partitions are not assigned yet."""
+        return None if self.assigned else f"waiting for {self.source}"
 
     def _assign(self) -> list[TopicPartition]:
         metadata = self.consumer.list_topics(self.source, timeout=30)
@@ -59,6 +64,7 @@ class PartService:
             if tp.offset >= 0:
                 self._committed[tp.partition] = tp.offset
         self.consumer.assign(committed)  # invalid (none committed) -> auto.offset.reset: earliest
+        self.assigned = True
         return wanted
 
     def _committed_offsets(self, wanted: list[TopicPartition], timeout_s: float = 60.0) -> list[TopicPartition]:

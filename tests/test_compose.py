@@ -22,7 +22,8 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 REPO = DEPLOY.parent
 # The services of a plant stack, each of which must report health.
 BROKERS = ("kafka-1", "kafka-2", "kafka-3")
-LINEGUARD_SERVICES = ("processor", "processor-gpu-0", "clickhouse-sink", "heatmap-sink", "api")
+LINEGUARD_SERVICES = ("processor", "processor-gpu-0", "clickhouse-sink", "heatmap-sink", "parts-sink", "parts-line1",
+                      "api")
 # Started only with `--profile gpu`, one per GPU.
 GPU_PROCESSORS = ("processor-gpu-0",)
 SERVICES = (*BROKERS, "clickhouse", "s3", *LINEGUARD_SERVICES, "prometheus", "grafana")
@@ -207,7 +208,8 @@ def test_lineguard_services_have_valid_settings_and_commands(
         assert url == f"http://127.0.0.1:{settings.api.port}/health" and settings.api.host == "0.0.0.0"
         assert settings.api.keys() == ["api_keys-value"]
     else:
-        port = settings.processor.metrics_port if name.startswith("processor") else settings.sinks.metrics_port
+        port = (settings.processor.metrics_port if name.startswith(("processor", "parts-line"))
+                else settings.sinks.metrics_port)
         assert port and url == f"http://127.0.0.1:{port}/ready"
 
 

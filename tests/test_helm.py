@@ -88,7 +88,8 @@ def test_helm_lint_passes() -> None:
 
 def test_every_part_is_rendered(manifests: list[dict[str, Any]]) -> None:
     deployments = by_kind(manifests, "Deployment")
-    assert set(deployments) == {"plant-processor", "plant-sink-clickhouse", "plant-sink-heatmaps", "plant-api"}
+    assert set(deployments) == {"plant-processor", "plant-sink-clickhouse", "plant-sink-heatmaps", "plant-sink-parts",
+                                "plant-api", "plant-parts-line1", "plant-parts-line2"}
     assert set(by_kind(manifests, "Service")) == {"plant-api"}
     assert set(by_kind(manifests, "ConfigMap")) == {"plant-config"}
     assert set(by_kind(manifests, "ScaledObject")) == {"plant-processor"}
@@ -96,6 +97,12 @@ def test_every_part_is_rendered(manifests: list[dict[str, Any]]) -> None:
     assert commands["plant-processor"] == ["process"] and commands["plant-api"] == ["serve"]
     assert commands["plant-sink-clickhouse"] == ["sink", "clickhouse"]
     assert commands["plant-sink-heatmaps"] == ["sink", "heatmaps"]
+    assert commands["plant-sink-parts"] == ["sink", "parts"]
+    # one part service per line, never two at once (both would decide the line's parts)
+    for line in ("line1", "line2"):
+        assert commands[f"plant-parts-{line}"] == ["parts", "--line", line]
+        spec = deployments[f"plant-parts-{line}"]["spec"]
+        assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
     # The API's Service selects the API pods only.
     service = by_kind(manifests, "Service")["plant-api"]
     api_labels = deployments["plant-api"]["spec"]["template"]["metadata"]["labels"]
@@ -105,12 +112,13 @@ def test_every_part_is_rendered(manifests: list[dict[str, Any]]) -> None:
 
 def test_every_container_has_resources_and_both_probes(each_rendering: list[dict[str, Any]]) -> None:
     found = containers(each_rendering)
-    assert len(found) == 4 + ("plant-processor-gpu" in by_kind(each_rendering, "Deployment"))
+    deployments = by_kind(each_rendering, "Deployment")
+    assert len(found) == 5 + ("plant-processor-gpu" in deployments) + sum(n.startswith("plant-parts-") for n in deployments)
     for name, c in found:
         assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["cpu"], name
         assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"], name
         assert c["livenessProbe"] and c["readinessProbe"], name
-        if "processor" in name or "sink" in name:
+        if "processor" in name or "sink" in name or "parts" in name:
             # Liveness cheap, readiness the component's own "consuming (with a model)".
             assert c["livenessProbe"]["httpGet"]["path"] == "/live"
             assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
