@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "lineguard.analytics.cli",    # report, roi
     "lineguard.api.cli",          # serve, tail
     "lineguard.inspection.cli",   # models push|list|promote|rollback
+    "lineguard.gates.cli",        # gate opcua|mqtt
 )
 
 

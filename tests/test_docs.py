@@ -107,7 +107,7 @@ def test_every_test_the_docs_name_exists() -> None:
     assert not missing, "\n".join(missing)
 
 
-_SOURCE_PATH = re.compile(r"`((?:analytics|api|benchmarks|deploy|docs|engines|inspection|lineguard|processors|producers"
+_SOURCE_PATH = re.compile(r"`((?:analytics|api|benchmarks|deploy|docs|engines|gates|inspection|lineguard|processors|producers"
                           r"|schemas|sinks|stores|tests)/[\w./-]+\.(?:py|json|yml|md|sh|xml|toml))`")
 
 

@@ -22,6 +22,7 @@ PACKAGE_OF = {
     "benchmarks": "lineguard.benchmarks",
     "deploy": "lineguard.deploy",
     "engines": "lineguard.engines",
+    "gates": "lineguard.gates",
     "inspection": "lineguard.inspection",
     "processors": "lineguard.processors",
     "producers": "lineguard.producers",
@@ -50,6 +51,7 @@ RULES: dict[str, tuple[tuple[str, ...], str]] = {
     "producers": (("lineguard.processors", "lineguard.sinks"), "parts meet only through topics"),
     "processors": (("lineguard.producers", "lineguard.sinks"), "parts meet only through topics"),
     "sinks": (("lineguard.producers", "lineguard.processors"), "parts meet only through topics"),
+    "gates": (("lineguard.producers", "lineguard.processors", "lineguard.sinks"), "parts meet only through topics"),
     "deploy": (("lineguard.deploy.cli",), "the CLI drives the stack modules; the reverse is an import cycle"),
 }
 
