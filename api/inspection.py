@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lineguard.config import Settings
+from lineguard.engines.regions import RegionError, Regions, score_frames
 from lineguard.inspection import LoadedModel, NonFiniteScore, is_defective, render_overlay, threshold_for
 from lineguard.schemas import ImageLimits, Reason, SchemaError, image
 
@@ -70,11 +71,18 @@ class Inspection:
 def inspect(model: LoadedModel, img: np.ndarray, settings: Settings, line_id: str | None,
             want_heatmap: bool) -> Inspection:
     engine = model.engine
+    manifest = engine.manifest
+    # A model trained on a camera's ROI or tiles scores the upload cut the same way (the processors refuse a
+    # camera cut otherwise, so this is the camera's cut too): one score and one stitched map for the image.
+    regions = Regions.from_manifest(manifest.regions, engine.model_dir)
+    size = (manifest.input.height, manifest.input.width)
     started = time.perf_counter()
-    scores, maps = engine.score([img])
+    try:
+        scores, maps = score_frames(engine.score, [img], regions, size, engine.max_batch)
+    except RegionError as exc:
+        raise InspectionError(422, "invalid_image", f"the image does not fit the model's regions: {exc}") from None
     inference_ms = (time.perf_counter() - started) * 1000
     score = float(scores[0])
-    manifest = engine.manifest
     # The same threshold a processor would apply on this line (overrides included).
     threshold = threshold_for(settings.processor, line_id, model.product, manifest.thresholds.value)
     try:

@@ -1,4 +1,4 @@
-"""``lineguard bench engine|pipeline|fit|anomalib``: figures measured side by side in one run, as JSON + Markdown."""
+"""``lineguard bench engine|pipeline|fit|anomalib|tiling``: figures measured side by side in one run, as JSON + Markdown."""
 
 from __future__ import annotations
 
@@ -133,6 +133,21 @@ def _gpu(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result["passed"] else 1
 
 
+def _tiling(args: argparse.Namespace, settings: Settings) -> int:
+    from .tiling import TilingBenchConfig, markdown, run, summary, write_outputs
+
+    tile, _, overlap = args.tile.partition(":")
+    result = run(TilingBenchConfig(n_train=args.train, n_test_good=args.test_good, n_test_defect=args.test_defect,
+                                   tile=int(tile), overlap=int(overlap or 0), input_size=args.size,
+                                   coreset_ratio=args.coreset_ratio, tiles_coreset_ratio=args.tiles_coreset_ratio,
+                                   seed=args.seed,
+                                   work_dir=Path(args.work_dir) if args.work_dir else None))
+    write_outputs(result, args.out)
+    print(markdown(result))
+    print(json.dumps(summary(result)))
+    return 0
+
+
 OUT_HELP = "write the result JSON here (and a .md table beside it)"
 
 
@@ -202,6 +217,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--venv", help="anomalib virtualenv (default .cache/anomalib-venv, created when missing)")
     a.add_argument("--work-dir", help="keep models, logs and .npy dumps here (default: a new temp folder)")
     a.set_defaults(handler=_anomalib)
+
+    t = kinds.add_parser("tiling", help="PatchCore on 2448 x 2048 frames with 10-40 px defects: the whole frame "
+                                        "resized vs 512 px tiles, image AUROC and frames/s side by side")
+    t.add_argument("--train", type=int, default=24, help="normal training frames (a fifth calibrates)")
+    t.add_argument("--test-good", type=int, default=20)
+    t.add_argument("--test-defect", type=int, default=20)
+    t.add_argument("--tile", default="512:64", help="SIZE[:OVERLAP] of the tiled leg, in frame pixels")
+    t.add_argument("--size", type=int, default=256, help="the model's input size (both legs)")
+    t.add_argument("--coreset-ratio", type=float, default=0.01, help="both legs")
+    t.add_argument("--tiles-coreset-ratio", type=float,
+                   help="the tiled leg's instead (its memory bank, and search time, grow with the number of tiles)")
+    t.add_argument("--seed", type=int, default=0, help="the generated frames are a function of the seed")
+    t.add_argument("--work-dir", help="keep the frames and both models here (default: a temp folder)")
+    add_output_file(t, OUT_HELP)
+    t.set_defaults(handler=_tiling)
 
     g = kinds.add_parser("gpu", help="the GPU check: CPU FP32 vs CUDA FP32 vs TensorRT FP16 parity and images/s at "
                                      "batch 1/16/64, in one go (exits 3 with the reason where there is no GPU)")

@@ -76,7 +76,8 @@ class AnomalyModel(ABC):
     def save(self, model_dir: str | Path, *, name: str, version: str, thresholds: Thresholds,
              calibration: dict[str, Any], map_display_range: tuple[float, float],
              training: dict[str, Any], backbone: dict[str, Any] | None = None,
-             extra: dict[str, Any] | None = None, onnx_source: str | Path | None = None) -> Path:
+             extra: dict[str, Any] | None = None, onnx_source: str | Path | None = None,
+             regions: dict[str, Any] | None = None) -> Path:
         """``onnx_source``: a graph this model already exported (saves exporting twice)."""
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ class AnomalyModel(ABC):
         manifest = Manifest(
             kind=self.kind, name=name, version=version, input=self.input, thresholds=thresholds,
             map_display_range=map_display_range, backbone=backbone, training=training,
-            calibration=calibration, extra=extra or {},
+            calibration=calibration, extra=extra or {}, regions=regions,
         )
         return manifest.save(model_dir)
 

@@ -23,11 +23,41 @@ def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
             options[key] = json.loads(value)
         except ValueError:
             options[key] = value
+    regions = _regions(args, settings)
     path = train(args.model, args.data, args.out, name=args.name, version=args.version,
                  target_false_reject_rate=args.false_reject_rate, defects_dir=args.defects,
-                 seed=args.seed, **options)
-    print(f"train: model={args.model} out={path.parent}")
+                 seed=args.seed, regions=regions, **options)
+    print(f"train: model={args.model} out={path.parent} regions={regions.describe()}")
     return 0
+
+
+def _regions(args: argparse.Namespace, settings):  # noqa: ANN001, ANN202 - Settings, Regions
+    """The regions to train on: a camera of ``plant.lines`` (``--camera LINE/CAMERA``) or ``--roi/--tile/--ignore-mask``."""
+    from lineguard.config import ConfigError
+
+    from .regions import RegionError, Regions, load_ignore_mask
+
+    try:
+        if args.camera:
+            if args.roi or args.tile or args.ignore_mask:
+                raise ValueError("--camera takes the regions from the configuration: give it alone")
+            line_id, _, camera_id = args.camera.partition("/")
+            camera = settings.plant.camera(line_id, camera_id) if camera_id else None
+            if camera is None:
+                raise ConfigError(f"--camera {args.camera}: no plant.lines.{line_id}.cameras.{camera_id or '?'} "
+                                  "in the configuration (give it as LINE/CAMERA)")
+            return Regions.from_camera(camera)
+        tile_size, tile_overlap = None, 0
+        if args.tile:
+            size, _, overlap = args.tile.partition(":")
+            tile_size, tile_overlap = int(size), int(overlap or 0)
+        roi = tuple(int(v) for v in args.roi.split(",")) if args.roi else None
+        if roi is not None and len(roi) != 4:
+            raise ValueError("--roi takes x,y,width,height")
+        return Regions(roi=roi, tile_size=tile_size, tile_overlap=tile_overlap,
+                       ignored=load_ignore_mask(args.ignore_mask) if args.ignore_mask else None)
+    except (RegionError, ValueError) as exc:
+        raise ConfigError(f"train: {exc}") from None
 
 
 def _eval(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
@@ -55,6 +85,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--defects", help="folder of labelled defective images: also calibrate an F1-optimal threshold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", help="engine option KEY=VALUE (repeatable)")
+    regions = p.add_argument_group("regions", "train on part of each image, or on its tiles, as a camera of "
+                                               "plant.lines is scored (recorded in the manifest)")
+    regions.add_argument("--roi", metavar="X,Y,W,H", help="region of interest in image pixels")
+    regions.add_argument("--tile", metavar="SIZE[:OVERLAP]",
+                         help="cut the region into SIZE px square tiles overlapping by OVERLAP px (e.g. 512:64)")
+    regions.add_argument("--ignore-mask", metavar="PATH", help="image of the ROI's or the frame's size: "
+                                                               "non-zero pixels are not inspected")
+    regions.add_argument("--camera", metavar="LINE/CAMERA",
+                         help="take --roi, --tile and --ignore-mask from plant.lines.LINE.cameras.CAMERA")
     p.set_defaults(handler=_train)
 
     e = sub.add_parser("eval", help="evaluate a model folder on an MVTec-layout test set")

@@ -25,6 +25,7 @@ import numpy as np
 
 from .data import TestSample, load_mask, load_rgb, test_samples
 from .manifest import ONNX_FILE
+from .regions import Regions, score_frames
 from .evaluation_metrics import auroc, f1_max, pro_auc
 from .runtime import ScoringEngine
 
@@ -44,17 +45,24 @@ class ScoredTestSet:
 def score_test_set(engine: ScoringEngine, samples: list[TestSample], batch: int = 16) -> ScoredTestSet:
     """Decode, score (timing only the engine) and load masks for every test sample."""
     h, w = engine.manifest.input.height, engine.manifest.input.width
+    # A model trained on a camera's ROI or tiles scores whole frames as the processors do: cut, scored, stitched.
+    regions = Regions.from_manifest(engine.manifest.regions, engine.model_dir)
     scores, maps = [], []
     engine_s = 0.0
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
         images = [load_rgb(s.path) for s in chunk]
         t0 = time.perf_counter()
-        s, m = engine.score(images)
+        s, m = score_frames(engine.score, images, regions, (h, w), max(batch, engine.max_batch))
         engine_s += time.perf_counter() - t0
         scores.append(s)
-        maps.append(m[:, 0])
-    masks = np.stack([load_mask(s.mask_path, (h, w)) for s in samples])
+        if len({x.shape for x in m}) > 1:
+            raise ValueError("test frames of a model with regions must all have the same size")
+        maps.append(np.stack([x[0] for x in m]))
+    map_size = maps[0].shape[-2:]  # the model's input, or the stitched map of a frame (regions)
+    if any(m.shape[-2:] != map_size for m in maps):
+        raise ValueError("test frames of a model with regions must all have the same size")
+    masks = np.stack([load_mask(s.mask_path, map_size) for s in samples])
     has_mask = np.array([(not s.is_defective) or s.mask_path is not None for s in samples])
     return ScoredTestSet(samples, np.concatenate(scores), np.concatenate(maps), masks, has_mask,
                          len(samples) / engine_s if engine_s > 0 else float("nan"))

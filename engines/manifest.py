@@ -84,6 +84,9 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # every model file's sha256, checked before loading
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     extra: dict[str, Any] = field(default_factory=dict)
+    # The camera regions the model was trained on (engines/regions.py: roi, tiling, ignore_mask_sha256);
+    # None: whole frames resized. Scoring refuses a camera cut differently.
+    regions: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def save(self, model_dir: str | Path) -> Path:

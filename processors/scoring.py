@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from lineguard.config import ProcessorConfig
+from lineguard.config import PlantConfig, ProcessorConfig
+from lineguard.engines.regions import RegionError, Regions, mismatch, score_frames
 from lineguard.inspection import ModelRegistry, NonFiniteScore, is_defective, render_overlay, threshold_for
-from lineguard.schemas import Frame, Heatmap, ImageLimits, Reason, SchemaError, Verdict, image, topics
+from lineguard.schemas import Frame, Heatmap, ImageLimits, Reason, SchemaError, Verdict, image, topics, verdict_meta
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,76 @@ class BatchStats:
 
 class BatchScorer:
     def __init__(self, config: ProcessorConfig, limits: ImageLimits, registry: ModelRegistry,
-                 decode_threads: int = 2) -> None:
+                 decode_threads: int = 2, plant: PlantConfig | None = None) -> None:
         self.config = config
+        self.plant = plant or PlantConfig()
         self.limits = limits
         self.registry = registry
         self._pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        # Each camera's regions (ROI, tiles, ignore mask read once) and the mismatches already logged.
+        self._regions: dict[tuple[str, str], Regions | SchemaError] = {}
+        self._region_messages: set[tuple] = set()
         self.stats = BatchStats()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+    def _is_late(self, frame: Frame, scored_at_ns: int) -> bool | None:
+        """Past the line's verdict deadline after capture; None when the line has none."""
+        deadline_ms = self.plant.line(frame.line_id).verdict_deadline_ms
+        if deadline_ms is None:
+            return None
+        return scored_at_ns - frame.captured_at_ns > deadline_ms * 1_000_000
+
+    def _regions_for(self, frame: Frame, engine: Any) -> Regions | SchemaError:
+        """The frame's camera regions (``plant.lines``), or why this model must not score them."""
+        key = (frame.line_id, frame.camera_id)
+        regions = self._regions.get(key)
+        if regions is None:
+            try:
+                regions = Regions.from_camera(self.plant.camera(frame.line_id, frame.camera_id))
+            except (RegionError, OSError) as exc:
+                regions = SchemaError(Reason.SCORING_FAILED, f"camera {frame.camera_id} on {frame.line_id}: {exc}")
+                log.error("%s", regions)
+            self._regions[key] = regions
+        if isinstance(regions, SchemaError):
+            return regions
+        manifest = engine.manifest
+        refusal, warning = mismatch(getattr(manifest, "regions", None), regions)
+        if refusal or warning:
+            message = f"model {manifest.name} {manifest.version} on camera {frame.camera_id} of {frame.line_id}: " \
+                      f"{refusal or warning}"
+            if (key, manifest.version, message) not in self._region_messages:  # once per camera and model version
+                self._region_messages.add((key, manifest.version, message))
+                (log.error if refusal else log.warning)("%s", message)
+            if refusal:
+                return SchemaError(Reason.SCORING_FAILED, message)
+        return regions
+
+    def _score_frames(self, engine: Any, images: list[np.ndarray],
+                      regions: list[Regions | SchemaError]) -> list[tuple[Any, Any, SchemaError | None]]:
+        """(score, map, failure) per frame. The model inputs (tiles) of every frame go through the engine as one
+        stream of full batches; a frame whose regions are refused, or that breaks the engine, fails alone."""
+        size = (engine.manifest.input.height, engine.manifest.input.width)
+        max_batch = getattr(engine, "max_batch", None) or max(1, len(images))
+        results: list[tuple[Any, Any, SchemaError | None]] = [
+            (None, None, r if isinstance(r, SchemaError) else None) for r in regions]
+        scorable = [i for i, r in enumerate(regions) if isinstance(r, Regions)]
+        try:
+            scores, maps = score_frames(engine.score, [images[i] for i in scorable], [regions[i] for i in scorable],
+                                        size, max_batch)
+            for i, s, m in zip(scorable, scores, maps):
+                results[i] = (s, m, None)
+        except Exception as exc:  # isolate the frame that breaks the engine, score the rest
+            log.warning("batch of %d failed (%s); scoring frames one by one", len(images), exc)
+            for i in scorable:
+                try:
+                    s, m = score_frames(engine.score, [images[i]], regions[i], size, max_batch)
+                    results[i] = (s[0], m[0], None)
+                except Exception as one_exc:
+                    results[i] = (None, None, SchemaError(Reason.SCORING_FAILED,
+                                                          f"{type(one_exc).__name__}: {one_exc}"))
+        return results
 
     def _decode(self, frame: Frame) -> np.ndarray | SchemaError:
         try:
@@ -96,18 +158,7 @@ class BatchScorer:
             return outcomes
 
         images = [img for _, img in good]
-        try:
-            scores, maps = engine.score(images)
-            results = [(s, m, None) for s, m in zip(scores, maps)]
-        except Exception as exc:  # isolate the frame that breaks the engine, score the rest
-            log.warning("batch of %d failed (%s); scoring frames one by one", len(images), exc)
-            results = []
-            for img in images:
-                try:
-                    s, m = engine.score([img])
-                    results.append((s[0], m[0], None))
-                except Exception as one_exc:
-                    results.append((None, None, SchemaError(Reason.SCORING_FAILED, f"{type(one_exc).__name__}: {one_exc}")))
+        results = self._score_frames(engine, images, [self._regions_for(w.frame, engine) for w, _ in good])
         scored_at = time.perf_counter()
         inference_ms = (scored_at - decoded_at) * 1000
         self.stats.inference_ms = inference_ms
@@ -148,6 +199,8 @@ class BatchScorer:
                 heatmap_key=heatmap.key if heatmap else None,
                 queue_wait_ms=max(0.0, (started_ns - work.received_ns) / 1e6),
                 inference_ms=inference_ms, processor_id=self.config.processor_id,
+                part_id=frame.part_id, meta=verdict_meta(frame.meta) or None,
+                late=self._is_late(frame, scored_at_ns),
             )
             outcomes.append(Outcome(work, verdict=verdict, heatmap=heatmap))
         self.stats.render_ms = (time.perf_counter() - scored_at) * 1000
