@@ -7,8 +7,8 @@ import signal
 import threading
 from typing import Any
 
+from lineguard.cli_options import parse_line_ids
 from lineguard.config import ConfigError, Settings
-from lineguard.schemas import topics
 
 
 def register(subparsers: Any) -> None:
@@ -29,20 +29,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_gate)
 
 
-def _parse_lines(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    lines = [part.strip() for part in value.split(",") if part.strip()]
-    if not lines:
-        raise ConfigError("--lines needs line ids")
-    for line in lines:
-        try:
-            topics.check_line_id(line)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    return lines
-
-
 def open_link(kind: str, settings: Settings, lines: list[str]) -> Any:
     """The PLC link of ``kind``; its client library is imported only here (the ``gate`` extra)."""
     try:
@@ -58,7 +44,7 @@ def open_link(kind: str, settings: Settings, lines: list[str]) -> Any:
 
 
 def run_gate(args: argparse.Namespace, settings: Settings) -> int:
-    lines = _parse_lines(args.lines) or settings.gate.lines
+    lines = parse_line_ids(args.lines) or settings.gate.lines
     from lineguard.metrics import serve_metrics, set_readiness
 
     from .runner import GateRunner

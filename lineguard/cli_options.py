@@ -4,6 +4,7 @@
 * ``--out FILE``: where a command writes its result (``--json FILE`` before).
 * ``--json``: a flag, print JSON instead of text.
 * ``--until-idle SECONDS``: exit once nothing arrived for this long (``--idle-exit`` in ``tail`` before).
+* ``--lines L1,L2``: line ids, checked (``parse_line_ids``).
 """
 
 from __future__ import annotations
@@ -47,3 +48,21 @@ def add_until_idle(parser: argparse.ArgumentParser, help: str) -> None:  # noqa:
     parser.add_argument("--until-idle", type=float, metavar="SECONDS", default=None, help=help)
     parser.add_argument("--idle-exit", dest="until_idle", type=float, action=_DeprecatedAlias,
                         replacement="--until-idle SECONDS")
+
+
+def parse_line_ids(value: str | None, allow_all: bool = False) -> list[str] | None:
+    """``--lines``: comma-separated line ids, each checked; None for no value (or ``all`` where allowed)."""
+    from .config import ConfigError
+    from .schemas import topics
+
+    if value is None or (allow_all and value.strip() == "all"):
+        return None
+    lines = [part.strip() for part in value.split(",") if part.strip()]
+    if not lines:
+        raise ConfigError("--lines needs line ids" + (" or 'all'" if allow_all else ""))
+    for line in lines:
+        try:
+            topics.check_line_id(line)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return lines

@@ -7,9 +7,8 @@ import signal
 import threading
 from typing import Any
 
-from lineguard.cli_options import add_until_idle
-from lineguard.config import ConfigError, Settings
-from lineguard.schemas import topics
+from lineguard.cli_options import add_until_idle, parse_line_ids
+from lineguard.config import Settings
 
 
 def register(subparsers: Any) -> None:
@@ -34,22 +33,8 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_sink)
 
 
-def _parse_lines(value: str) -> list[str] | None:
-    if value.strip() == "all":
-        return None
-    lines = [part.strip() for part in value.split(",") if part.strip()]
-    if not lines:
-        raise ConfigError("--lines needs line ids or 'all'")
-    for line in lines:
-        try:
-            topics.check_line_id(line)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    return lines
-
-
 def run_sink(args: argparse.Namespace, settings: Settings) -> int:
-    lines = _parse_lines(args.lines)
+    lines = parse_line_ids(args.lines, allow_all=True)
     from lineguard.metrics import serve_metrics, set_readiness
 
     from .runner import SinkRunner
