@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 PIP    := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip --disable-pip-version-check
 STAMP  := $(VENV)/.stamp
 
-.PHONY: demo test venv train-deps stack-deps browser-deps gate-deps rtsp-deps helm-deps openvino-deps gpu-install-test stack-up stack-down clean help
+.PHONY: demo test venv train-deps stack-deps browser-deps gate-deps rtsp-deps promtool-deps helm-deps openvino-deps gpu-install-test stack-up stack-down clean help
 
 help:
 	@echo "make demo   - set up, fit PatchCore, run 2 lines through Kafka -> processors -> sinks"
@@ -74,6 +74,11 @@ gate-deps:
 rtsp-deps:
 	bash tests/rtsp/install.sh
 
+# promtool for the alert rules' tests (tests/test_alerts.py), taken out of Debian's prometheus package into
+# .cache/bin (no Prometheus server is installed or started; no-op when there).
+promtool-deps:
+	bash tests/alerts/install.sh
+
 # helm v4 for the chart's tests (helm lint / helm template), built from the Go module proxy into
 # .cache/bin once; tests/test_helm.py finds it there.
 HELM_VERSION := v4.3.2
@@ -84,7 +89,7 @@ $(HELM):
 
 helm-deps: $(HELM)
 
-test: stack-deps train-deps browser-deps gate-deps rtsp-deps helm-deps openvino-deps
+test: stack-deps train-deps browser-deps gate-deps rtsp-deps promtool-deps helm-deps openvino-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean: stack-down

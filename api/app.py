@@ -32,6 +32,7 @@ from lineguard.inspection import ModelRegistry
 from .body_limit import BodyLimit
 from .dashboard_routes import STATIC, dashboard_routes
 from .data import HeatmapReader, StoreHolder, Unavailable
+from .drift_metrics import DriftCollector
 from .inspection import InspectionError
 from .inspection_routes import inspection_routes
 from .metrics import ApiMetrics
@@ -52,6 +53,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     metrics = ApiMetrics()
     metrics.models_loaded.set(len(registry.load_all()))
     store = StoreHolder(settings, model_dir)
+    metrics.registry.register(DriftCollector(store))  # lineguard_score_drift_psi, for the drift alert
     heatmaps = HeatmapReader(settings)
 
     @asynccontextmanager

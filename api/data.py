@@ -42,6 +42,11 @@ class StoreHolder:
         self._failed_at = 0.0
         self._error = ""
 
+    @property
+    def opened(self) -> bool:
+        """Whether the store is open now (the drift metrics never open an embedded chdb store themselves)."""
+        return self._store is not None
+
     def status(self) -> str:
         if self._store is not None:
             return "ok"

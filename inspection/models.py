@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,9 @@ class ModelRegistry:
         self.providers = providers
         self.errors: dict[str, str] = {}  # folder -> why its newest model could not be loaded
         self.reloads = 0
+        # Called with each model loaded or reloaded (e.g. the processor's model-info metric); a failing
+        # hook is logged, never a reason to refuse the model.
+        self.on_load: list[Callable[[LoadedModel], None]] = []
         self._loaded: dict[str, LoadedModel] = {}
         self._checked_at: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -244,6 +248,11 @@ class ModelRegistry:
             else:
                 log.info("loaded model %s version %s (%s) on %s", key, engine.version, onnx_file, engine.providers[0])
             self._loaded[key] = model
+            for hook in self.on_load:
+                try:
+                    hook(model)
+                except Exception:  # noqa: BLE001 - see on_load
+                    log.exception("model load hook %r failed for %s", hook, key)
             return model
 
     def _load_verified(self, folder: Path, stamp: tuple, onnx_file: str) -> ScoringEngine:

@@ -53,6 +53,7 @@ class FrameProcessor:
         self.settings = settings
         pconf = settings.processor
         self.registry = ModelRegistry.from_settings(settings)
+        self.registry.on_load.append(prom.model_loaded)  # lineguard_processor_model_info follows hot reloads
         self.scorer = BatchScorer(pconf, ImageLimits.from_config(settings.limits), self.registry,
                                   plant=settings.plant)
         # Two scoring threads, one per batch the batcher prepares at once: one batch decodes or renders
@@ -93,9 +94,11 @@ class FrameProcessor:
         message = event.message
         received_ns = time.time_ns()
         self.counts["frames_in"] += 1
-        prom.FRAMES_IN.labels(_line_or_topic(message.topic)).inc()
+        line = _line_or_topic(message.topic)
+        camera = prom.NO_CAMERA  # until the frame decodes: a label only ever holds a validated camera id
         try:
             frame = Frame.decode(event.value, max_bytes=self.settings.kafka.message_max_bytes)
+            camera = frame.camera_id
             topic_line = topics.line_of(message.topic)
             if frame.line_id != topic_line:
                 raise SchemaError(Reason.UNKNOWN_LINE,
@@ -106,6 +109,8 @@ class FrameProcessor:
             self._dead_letter_tasks.add(task)
             task.add_done_callback(self._dead_letter_tasks.discard)
             return
+        finally:
+            prom.FRAMES_IN.labels(line, prom.camera_label(line, camera)).inc()
         await self.batcher.put(f"{frame.product}@{frame.line_id}", Work(frame, received_ns, event))
 
     async def _score(self, key: str, batch: list[Work]) -> list[Outcome]:
@@ -134,6 +139,9 @@ class FrameProcessor:
             if outcome.heatmap is not None:
                 sends.append(self._publish(topics.heatmaps(frame.line_id), key_bytes, outcome.heatmap.encode()))
                 self.counts["heatmaps_out"] += 1
+            if outcome.archive is not None:  # the frame archive travels the heatmap path: the heatmap sink stores it
+                sends.append(self._publish(topics.heatmaps(frame.line_id), key_bytes, outcome.archive.encode()))
+                self.counts["archived"] += 1
             sends.append(self._publish(topics.verdicts(frame.line_id), key_bytes, outcome.verdict.encode()))
             self.counts["verdicts_out"] += 1
             if outcome.verdict.late:
@@ -145,7 +153,7 @@ class FrameProcessor:
         for outcome in outcomes:
             await self.stream.ack(outcome.work.handle)
             if outcome.verdict is not None:
-                prom.VERDICTS_OUT.labels(outcome.verdict.line_id).inc()
+                prom.count_verdict(outcome.verdict.line_id, outcome.verdict.is_defective)
                 if outcome.heatmap is not None:
                     prom.HEATMAPS_OUT.labels(outcome.verdict.line_id).inc()
         self.counts["acked"] += len(outcomes)
@@ -188,7 +196,8 @@ class FrameProcessor:
         self.counts["deadletter"] += 1
         log.info("dead letter %s from %s[%d]@%d: %s", error.reason, message.topic, message.partition, message.offset, error)
         await self._publish(topics.DEADLETTER, None, letter.encode())
-        prom.DEAD_LETTERS.labels(error.reason).inc()
+        # The line from the topic when the frame could not say (undecodable): every dead letter has one.
+        prom.DEAD_LETTERS.labels(line_id or _line_or_topic(message.topic), error.reason).inc()
 
     def _maybe_report(self, every_s: float = 10.0) -> None:
         now = time.monotonic()

@@ -36,7 +36,7 @@ class DeadLetterOutbox:
         self._producer: Producer | None = None  # opened on the first dead letter
         self._unconfirmed = 0
         self._errors: list[str] = []
-        self._redo: list[tuple[bytes, bytes | None, str]] = []  # failed deliveries, to send again
+        self._redo: list[tuple[bytes, bytes | None, str, str]] = []  # failed deliveries, to send again
 
     def send(self, message: Message, reason: str, error: str, frame_id: str | None = None) -> None:
         """Dead-letter ``message`` (the source record) with ``reason``; confirmed by :meth:`confirm`."""
@@ -60,9 +60,10 @@ class DeadLetterOutbox:
         )
         log.warning("sink %s: dead-lettering %s[%d]@%d: %s (%s)", self.kind, topic,
                     message.partition(), message.offset(), reason, error)
-        self._produce(record.encode(), message.key(), reason)
+        # The metric's line: the source topic's, or the topic itself for one that names no line.
+        self._produce(record.encode(), message.key(), line_id or topic, reason)
 
-    def _produce(self, payload: bytes, key: bytes | None, reason: str) -> None:
+    def _produce(self, payload: bytes, key: bytes | None, line: str, reason: str) -> None:
         if self._producer is None:
             self._producer = kafka.producer_client(self.settings.kafka)
 
@@ -70,11 +71,11 @@ class DeadLetterOutbox:
             self._unconfirmed -= 1
             if err is None:
                 self.counts.dead_lettered += 1
-                prom.DEAD_LETTERS.labels(self.kind, reason).inc()
+                prom.DEAD_LETTERS.labels(self.kind, line, reason).inc()
             else:
                 # Kept to re-send: the source offset must not be committed without it.
                 self._errors.append(str(err))
-                self._redo.append((payload, key, reason))
+                self._redo.append((payload, key, line, reason))
 
         self._producer.produce(topics.DEADLETTER, value=payload, key=key, on_delivery=delivered)
         self._unconfirmed += 1
@@ -88,8 +89,8 @@ class DeadLetterOutbox:
         redo, self._redo = self._redo, []
         if self._unconfirmed > 0 or redo:
             errors, self._errors = self._errors, []
-            for payload, key, reason in redo:
-                self._produce(payload, key, reason)
+            for payload, key, line, reason in redo:
+                self._produce(payload, key, line, reason)
             raise KafkaException(f"dead-letter delivery incomplete: {errors or 'timed out'}")
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -1,6 +1,6 @@
 """The sinks' metrics: :class:`SinkMetrics`, what one runner returns, and the Prometheus series
 (served by ``lineguard sink`` when ``sinks.metrics_port`` is set; see lineguard/metrics.py).
-Every series carries the sink ``kind``."""
+Every series carries the sink ``kind``. The alert rules in deploy/prometheus/alerts.yml read these names."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ WRITE_SECONDS = Histogram("lineguard_sink_write_seconds", "Duration of successfu
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RETRIES = Counter("lineguard_sink_retries", "Failed attempts that were retried (write or dead-letter delivery)",
                   ["kind", "operation"])
-DEAD_LETTERS = Counter("lineguard_sink_dead_letters", "Messages delivered to the dead-letter topic",
-                       ["kind", "reason"])
+DEAD_LETTERS = Counter("lineguard_sink_dead_letters",
+                       "Messages delivered to the dead-letter topic, by line (from the source topic) and reason",
+                       ["kind", "line", "reason"])
 COMMITS = Counter("lineguard_sink_commits", "Successful offset commits", ["kind"])
 COMMIT_FAILURES = Counter("lineguard_sink_commit_failures", "Offset commits the group refused", ["kind"])
 CONSUMER_LAG = Gauge("lineguard_sink_consumer_lag",

@@ -455,7 +455,8 @@ def test_poison_frames_end_in_dead_letters_and_the_processor_keeps_running(stack
     assert all(d.source_topic == topics.frames(line) and d.error and d.component == "processor" for d in letters)
     reasons = Counter(by_reason)
     for reason, expected in reasons.items():
-        assert samples[("lineguard_processor_dead_letters_total", (("reason", reason),))] == expected
+        # Every hostile frame came on `line`'s topic: the line label is the topic's, even when undecodable.
+        assert samples[("lineguard_processor_dead_letters_total", (("line", line), ("reason", reason)))] == expected
     tally = p.tally("poison", sent, processor_rss_warm_mib=int(rss_warm), processor_rss_end_mib=int(rss_end))
     print(tally.line() + " reasons=" + ",".join(f"{k}:{v}" for k, v in sorted(reasons.items())))
     assert tally.in_topics == sent and tally.deadletter == rounds * len(poison[0])

@@ -62,7 +62,9 @@ def store(stack, tmp_path_factory):
 
 def test_dashboard_and_provisioning_are_well_formed(dashboard):
     sources = yaml.safe_load((GRAFANA / "provisioning" / "datasources.yml").read_text())
-    (source,) = sources["datasources"]
+    # The dashboard's ClickHouse source; the other one is Prometheus, for the alert rules (tests/test_alerts.py).
+    (source,) = [s for s in sources["datasources"] if s["type"] == PLUGIN]
+    assert {s["type"] for s in sources["datasources"]} == {PLUGIN, "prometheus"}
     assert sources["apiVersion"] == 1 and source["type"] == PLUGIN
     assert source["jsonData"]["defaultDatabase"] == "lineguard" and source["jsonData"]["protocol"] in ("http", "native")
     providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards.yml").read_text())
