@@ -330,6 +330,84 @@ LIMIT {{limit:UInt32}}
 ))
 
 
+# Operator feedback. A label is a judgement of the part, whatever verdict it was given on:
+# confirmed_defect and missed_defect say the part is defective, false_alarm that it is good. Set
+# against the frame's latest verdict (a re-scored frame keeps its label), that gives
+#   confirmed    = labelled defective, verdict defective (true positive)
+#   false_alarms = labelled good,      verdict defective (false positive)
+#   missed       = labelled defective, verdict passed    (false negative)
+# precision = confirmed / (confirmed + false_alarms), recall = confirmed / (confirmed + missed);
+# NULL where the denominator is 0. Only labelled frames count, and passed frames are labelled only
+# from a sample (passed_sample), so recall is an estimate from that sample -- see docs/analytics.md.
+_FEEDBACK_SQL = """
+SELECT {dims},
+       count() AS labelled,
+       countIf(is_defective AND truly_defective) AS confirmed,
+       countIf(is_defective AND NOT truly_defective) AS false_alarms,
+       countIf(NOT is_defective AND truly_defective) AS missed,
+       if(confirmed + false_alarms > 0, confirmed / (confirmed + false_alarms), NULL) AS precision,
+       if(confirmed + missed > 0, confirmed / (confirmed + missed), NULL) AS recall
+FROM
+(
+    SELECT v.line_id AS line_id, v.camera_id AS camera_id, v.model_name AS model_name,
+           v.model_version AS model_version, v.is_defective AS is_defective,
+           l.label IN ('confirmed_defect', 'missed_defect') AS truly_defective
+    FROM
+    (
+        SELECT frame_id, line_id, camera_id, model_name, model_version, is_defective
+        FROM {db}.verdicts_latest
+        WHERE {range} AND ({line_id:String} = '' OR line_id = {line_id:String})
+    ) AS v
+    INNER JOIN {db}.labels_latest AS l ON l.frame_id = v.frame_id
+)
+GROUP BY {dims}
+ORDER BY {dims}
+"""
+
+
+def _register_feedback(dimension: str, dims: str) -> None:
+    _register(NamedQuery(
+        name=f"feedback_by_{dimension}",
+        title=f"Precision and recall from operator labels per {dimension.replace('_', ' ')}",
+        description=f"Per {dims}: labelled frames (captured in the window), confirmed defects, false alarms, "
+                    "missed defects, precision and recall (NULL without a label to judge by). Recall counts only "
+                    "the missed defects found in the sampled passed parts. line_id '' means every line.",
+        sql=_FEEDBACK_SQL.replace("{dims}", dims).replace("{range}", _RANGE),
+        params={"since": "DateTime", "until": "DateTime", "line_id": "String"},
+        defaults=lambda: {**_last_days(30)(), "line_id": ""},
+    ))
+
+
+_register_feedback("line", "line_id")
+_register_feedback("camera", "line_id, camera_id")
+_register_feedback("model_version", "line_id, model_name, model_version")
+
+_register(NamedQuery(
+    name="passed_sample",
+    title="A sample of passed frames for operators to review",
+    description="Up to `limit` passed frames of one line (or '' for all) captured in the window, chosen by a hash "
+                "of the frame id: an unbiased sample that stays the same from one page load to the next. "
+                "`label` is the frame's latest operator label, '' if none.",
+    sql=f"""
+SELECT v.frame_id AS frame_id, v.line_id AS line_id, v.camera_id AS camera_id, v.product AS product,
+       v.captured_at AS captured_at, v.model_version AS model_version, v.score AS score,
+       v.threshold AS threshold, l.label AS label
+FROM
+(
+    SELECT frame_id, line_id, camera_id, product, captured_at, model_version, score, threshold
+    FROM {{db}}.verdicts_latest
+    WHERE NOT is_defective AND {_RANGE} AND ({{line_id:String}} = '' OR line_id = {{line_id:String}})
+    ORDER BY cityHash64(toString(frame_id)), toString(frame_id)
+    LIMIT {{limit:UInt32}}
+) AS v
+LEFT JOIN {{db}}.labels_latest AS l ON l.frame_id = v.frame_id
+ORDER BY cityHash64(toString(frame_id)), toString(frame_id)
+""",
+    params={"since": "DateTime", "until": "DateTime", "line_id": "String", "limit": "UInt32"},
+    defaults=lambda: {**_last_days(1)(), "line_id": "", "limit": 12},
+))
+
+
 def bind(query: NamedQuery, values: dict[str, Any]) -> dict[str, Any]:
     """Python values -> the ClickHouse parameters of ``query`` (datetimes as *_us, shifts as arrays)."""
     merged = {**query.defaults(), **{k: v for k, v in values.items() if v is not None}}

@@ -5,6 +5,8 @@
 * ``GET /models``, ``GET /health``, ``GET /metrics`` (Prometheus).
 * ``GET /dashboard``: the operator page; its data comes from ``GET /api/...`` (ClickHouse)
   and ``GET /heatmaps/{key}`` (the heatmap object store).
+* ``POST /verdicts/{frame_id}/label``, ``GET /review/passed``, ``GET /api/feedback``: operator feedback
+  (labels go to Kafka, never straight to ClickHouse; see feedback_routes).
 
 Every endpoint that returns plant data needs the header ``X-API-Key``; ``/health``,
 ``/metrics`` and the dashboard's static page (which holds no data) do not. Errors
@@ -33,8 +35,10 @@ from .body_limit import BodyLimit
 from .dashboard_routes import STATIC, dashboard_routes
 from .data import HeatmapReader, StoreHolder, Unavailable
 from .drift_metrics import DriftCollector
+from .feedback_routes import feedback_routes
 from .inspection import InspectionError
 from .inspection_routes import inspection_routes
+from .labels import LabelPublisher
 from .metrics import ApiMetrics
 from .schema import Health, documented_errors, error_response
 
@@ -55,12 +59,14 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     store = StoreHolder(settings, model_dir)
     metrics.registry.register(DriftCollector(store))  # lineguard_score_drift_psi, for the drift alert
     heatmaps = HeatmapReader(settings)
+    labels = LabelPublisher(settings)  # operators' labels -> lineguard.labels.<line>
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202
         yield
         store.close()
         heatmaps.close()
+        labels.close()
 
     app = FastAPI(
         title="lineguard inspection API",
@@ -133,4 +139,5 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         return Response(body, media_type=content_type)
 
     app.include_router(dashboard_routes(store, heatmaps, authed))
+    app.include_router(feedback_routes(store, labels, authed))
     return app

@@ -188,6 +188,12 @@ class ModelCache:
                 link.unlink()
         return refusals
 
+    def pull(self, product: str, version: str) -> Path:
+        """The verified local folder of any pushed ``version`` of ``product``, promoted or not (``lineguard
+        rescore --model``); raises PullRefused when it is missing or fails its checks."""
+        _check_names(product, version)
+        return self._pulled(product, version)
+
     def _point(self, name: str, target: Path) -> None:
         link = self.cache_dir / name
         relative = os.path.relpath(target, self.cache_dir)

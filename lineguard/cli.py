@@ -28,7 +28,7 @@ _COMMAND_MODULES = (
     "lineguard.benchmarks.cli",   # bench engine|pipeline|anomalib
     "lineguard.analytics.cli",    # report, roi
     "lineguard.api.cli",          # serve, tail
-    "lineguard.inspection.cli",   # models push|list|promote|rollback
+    "lineguard.inspection.cli",   # models push|list|promote|rollback|update-bank
     "lineguard.gates.cli",        # gate opcua|mqtt
 )
 

@@ -66,3 +66,28 @@ def parse_line_ids(value: str | None, allow_all: bool = False) -> list[str] | No
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     return lines
+
+
+_RELATIVE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time_ns(value: str) -> int:
+    """``--since`` / ``--until`` of replay and rescore: an ISO time (UTC unless it says otherwise), ``now``,
+    or a span ago (``90s``, ``30m``, ``12h``, ``7d``); nanoseconds since the epoch, as frames carry them."""
+    import datetime as dt
+    import time
+
+    text = value.strip()
+    if text == "now":
+        return time.time_ns()
+    unit = _RELATIVE_UNITS_S.get(text[-1:])
+    if unit and text[:-1].replace(".", "", 1).isdigit():
+        return time.time_ns() - int(float(text[:-1]) * unit * 1e9)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an ISO time (2024-05-06T07:00), now, "
+                                         "or a span ago (90s, 30m, 12h, 7d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1e9)

@@ -124,6 +124,10 @@ class ProcessorConfig(_Section):
     # Per-line threshold overrides: {"line1": {"hazelnut": 0.42}}; "*" matches any product.
     threshold_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
     heatmaps: Literal["defective", "all", "none"] = "defective"
+    # The frame archive (docs/replay.md): raw frames to the object store, by the heatmap sink, for re-scoring
+    # and `lineguard dataset export`. sample: archive_sample_rate of the frames, chosen by frame_id.
+    archive: Literal["none", "defective", "sample", "all"] = "none"
+    archive_sample_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     model_poll_s: float = Field(default=2.0, gt=0)
     # object_store: pull the promoted versions (`lineguard models promote`) from sinks.object_store into
     # model_cache_dir instead of reading model_dir.

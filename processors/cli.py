@@ -75,6 +75,47 @@ def _parts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _line_id(value: str) -> str:
+    from lineguard.schemas import topics
+
+    try:
+        return topics.check_line_id(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from .replay import REPLAYABLE_REASONS, ReplayFilter, replay_deadletters
+
+    if not args.deadletter:
+        print("lineguard replay: say what to replay: --deadletter (the only source so far)")
+        return 2
+    reasons = tuple(r for r in (args.reason or "").split(",") if r) or REPLAYABLE_REASONS
+    wanted = ReplayFilter(reasons=reasons, since_ns=args.since, line=args.line)
+    plan = replay_deadletters(settings, wanted, dry_run=args.dry_run)
+    print(plan.summary(), flush=True)
+    return 1 if plan.counts["not_delivered"] else 0
+
+
+def _rescore(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from .rescore import ModelNotFound, rescore
+
+    if args.model_dir:
+        settings.processor.model_dir = args.model_dir
+    until_ns = args.until if args.until is not None else time.time_ns()
+    if args.since >= until_ns:
+        print("lineguard rescore: --since must be before --until")
+        return 2
+    try:
+        print(rescore(settings, args.line, args.since, until_ns, args.model), flush=True)
+    except ModelNotFound as exc:
+        print(f"lineguard rescore: {exc}")
+        return 2
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("process", help="score frames from the lines' frame topics (a faust worker)")
     p.add_argument("--lines", help="comma-separated line ids and line-id patterns such as '*' or 'plant2-*', "
@@ -95,3 +136,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group", help="consumer group (default: lineguard-parts-<line>)")
     add_until_idle(p, "exit once no verdict arrived for this long and no part is open (default: run until SIGINT/SIGTERM)")
     p.set_defaults(handler=_parts)
+
+    from lineguard.cli_options import parse_time_ns
+
+    p = sub.add_parser("replay", help="re-inject dead-lettered frames that can now be scored (docs/replay.md)",
+                       description="Put frames from lineguard.deadletter back on their frame topic, unchanged (same "
+                                   "frame_id), once each: a marker per frame on lineguard.replay-markers makes a "
+                                   "second run inject nothing. A frame cut at limits.deadletter_max_raw_bytes is "
+                                   "counted, never injected. Prints 'replay: read=N replayed=R ...'.")
+    p.add_argument("--deadletter", action="store_true", help="replay from the dead-letter topic")
+    p.add_argument("--reason", help="comma-separated reason codes (default: unknown_product,scoring_failed)")
+    p.add_argument("--since", type=parse_time_ns, help="only letters dead-lettered since (ISO time, or 30m / 12h / 7d ago)")
+    p.add_argument("--line", type=_line_id, help="only frames of this line")
+    p.add_argument("--dry-run", action="store_true", help="count what would be replayed; inject and mark nothing")
+    p.set_defaults(handler=_replay)
+
+    p = sub.add_parser("rescore", help="score a line's frames of a capture-time range again (docs/replay.md)",
+                       description="Read the line's frames captured in [--since, --until) from its frame topic, score "
+                                   "them here with the current model or --model VERSION, and publish verdicts with a "
+                                   "new scored_at_ns and meta.rescored=true (ClickHouse keeps the latest per frame). "
+                                   "Prints 'rescore: line=... frames=N scored=S ...'.")
+    p.add_argument("--line", type=_line_id, required=True)
+    p.add_argument("--since", type=parse_time_ns, required=True, help="capture time from (ISO, or 30m / 12h / 7d ago)")
+    p.add_argument("--until", type=parse_time_ns, help="capture time before (default: now)")
+    p.add_argument("--model", help="the model version to score with (default: what the model folder serves)")
+    p.add_argument("--model-dir", type=__import__("pathlib").Path, help="folder of model folders (default: processor.model_dir)")
+    p.set_defaults(handler=_rescore)

@@ -22,6 +22,8 @@ from lineguard.engines.regions import RegionError, Regions, mismatch, score_fram
 from lineguard.inspection import ModelRegistry, NonFiniteScore, is_defective, render_overlay, threshold_for
 from lineguard.schemas import Frame, Heatmap, ImageLimits, Reason, SchemaError, Verdict, image, topics, verdict_meta
 
+from .archive import archive_message, wants_archive
+
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +42,7 @@ class Outcome:
     verdict: Verdict | None = None
     heatmap: Heatmap | None = None
     failure: SchemaError | None = None  # -> dead letter
+    archive: Heatmap | None = None  # the frame's image for the archive (processor.archive), stored by the heatmap sink
 
 
 @dataclass
@@ -202,6 +205,7 @@ class BatchScorer:
                 part_id=frame.part_id, meta=verdict_meta(frame.meta) or None,
                 late=self._is_late(frame, scored_at_ns),
             )
-            outcomes.append(Outcome(work, verdict=verdict, heatmap=heatmap))
+            archived = archive_message(frame, img) if wants_archive(self.config, frame.frame_id, defective) else None
+            outcomes.append(Outcome(work, verdict=verdict, heatmap=heatmap, archive=archived))
         self.stats.render_ms = (time.perf_counter() - scored_at) * 1000
         return outcomes

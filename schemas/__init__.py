@@ -3,9 +3,9 @@
 from . import topics
 from .errors import Reason, SchemaError
 from .image import ImageLimits
-from .messages import DeadLetter, Frame, Heatmap, PartVerdict, Verdict, new_frame_id, verdict_meta
+from .messages import LABELS, DeadLetter, Frame, Heatmap, Label, PartVerdict, Verdict, new_frame_id, verdict_meta
 
 __all__ = [
-    "DeadLetter", "Frame", "Heatmap", "ImageLimits", "PartVerdict", "Reason", "SchemaError", "Verdict",
+    "LABELS", "DeadLetter", "Frame", "Heatmap", "ImageLimits", "Label", "PartVerdict", "Reason", "SchemaError", "Verdict",
     "new_frame_id", "topics", "verdict_meta",
 ]

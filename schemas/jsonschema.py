@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .messages import PartVerdict, Verdict, _Message
+from .messages import LABELS, Label, PartVerdict, Verdict, _Message
 
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", bytes: "string",
                list: "array", tuple: "array", dict: "object"}
@@ -40,6 +40,19 @@ _DESCRIPTIONS = {
     "worst_score_ratio": "Max over the views of score / threshold: above 1, a view is defective.",
     "worst_camera_id": "The view with the worst score ratio.",
 }
+# Where a field means something else in one message than in the verdict.
+_KIND_DESCRIPTIONS = {
+    "Label": {
+        "frame_id": "The labelled verdict's frame id; the Kafka message key, so a frame's labels stay in order and the latest counts.",
+        "line_id": "The verdict's line; also the suffix of the topic lineguard.labels.<line_id>.",
+        "camera_id": "The verdict's camera.",
+        "model_version": "The model version of the verdict the operator judged.",
+        "label": f"One of {', '.join(LABELS)}: confirmed_defect and false_alarm judge a defective verdict, missed_defect a passed one.",
+        "labelled_at_ns": "When the operator labelled it, UTC nanoseconds since the Unix epoch; the latest label of a frame wins.",
+        "operator": "Who labelled it: the name the API client gave (X-Operator header), else the id of its API key (key-<8 hex>).",
+        "note": "Free text from the operator, at most 500 characters.",
+    },
+}
 
 
 def schema_for(cls: type[_Message]) -> dict:
@@ -49,8 +62,11 @@ def schema_for(cls: type[_Message]) -> dict:
         prop: dict = {"type": kinds[0] if len(kinds) == 1 else kinds}
         if name == "schema_version":
             prop = {"const": cls.VERSION}
-        if name in _DESCRIPTIONS:
-            prop["description"] = _DESCRIPTIONS[name]
+        description = _KIND_DESCRIPTIONS.get(cls.KIND, {}).get(name) or _DESCRIPTIONS.get(name)
+        if description:
+            prop["description"] = description
+        if cls is Label and name == "label":
+            prop["enum"] = list(LABELS)
         if not _required:
             prop = {"anyOf": [prop, {"type": "null"}], **({"description": prop.pop("description")} if "description" in prop else {})}
         properties[name] = prop
@@ -68,7 +84,8 @@ def schema_for(cls: type[_Message]) -> dict:
 
 VERDICT_SCHEMA_FILE = Path(__file__).with_name("verdict.schema.json")
 PART_VERDICT_SCHEMA_FILE = Path(__file__).with_name("part_verdict.schema.json")
-SCHEMA_FILES = {VERDICT_SCHEMA_FILE: Verdict, PART_VERDICT_SCHEMA_FILE: PartVerdict}
+LABEL_SCHEMA_FILE = Path(__file__).with_name("label.schema.json")
+SCHEMA_FILES = {VERDICT_SCHEMA_FILE: Verdict, PART_VERDICT_SCHEMA_FILE: PartVerdict, LABEL_SCHEMA_FILE: Label}
 
 
 def write() -> list[Path]:

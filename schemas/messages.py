@@ -1,4 +1,4 @@
-"""The wire contracts: Frame, Verdict, PartVerdict, Heatmap and DeadLetter, msgpack-encoded and versioned.
+"""The wire contracts: Frame, Verdict, PartVerdict, Heatmap, Label and DeadLetter, msgpack-encoded and versioned.
 
 Every message is a msgpack map with string keys and a ``schema_version``.
 Decoding is strict: an unknown version, a missing field or a field of the
@@ -267,6 +267,45 @@ class Heatmap(_Message):
     schema_version: int = 1
 
 
+# What an operator can say about a verdict: a defective one was right (confirmed_defect) or wrong
+# (false_alarm); a passed one was wrong (missed_defect, marked on the sampled passed parts).
+LABELS = ("confirmed_defect", "false_alarm", "missed_defect")
+LABEL_NOTE_CHARS = 500
+LABEL_OPERATOR_CHARS = 128
+
+
+@dataclass
+class Label(_Message):
+    """An operator's judgement of one verdict. Key on the wire: ``frame_id`` (a frame's labels stay in
+    order, so the latest one -- an operator changing their mind -- is the one that counts)."""
+
+    KIND: ClassVar[str] = "Label"
+    frame_id: str
+    line_id: str
+    camera_id: str
+    product: str
+    model_version: str  # the version whose verdict the operator saw
+    label: str  # one of LABELS
+    labelled_at_ns: int
+    operator: str  # who: the X-Operator name given to the API, else the API key's id
+    note: str | None = None  # free text, at most LABEL_NOTE_CHARS
+    schema_version: int = 1
+
+    def _validate(self) -> None:
+        for name in ("frame_id", "line_id", "camera_id", "product", "model_version"):
+            value = getattr(self, name)
+            if not value or len(value) > 128:
+                raise SchemaError(Reason.INVALID_FIELD, f"Label: {name} must be 1..128 characters")
+        if self.label not in LABELS:
+            raise SchemaError(Reason.INVALID_FIELD, f"Label: label must be one of {LABELS}, got {self.label!r}")
+        if not 1 <= len(self.operator) <= LABEL_OPERATOR_CHARS:
+            raise SchemaError(Reason.INVALID_FIELD, f"Label: operator must be 1..{LABEL_OPERATOR_CHARS} characters")
+        if self.note is not None and len(self.note) > LABEL_NOTE_CHARS:
+            raise SchemaError(Reason.INVALID_FIELD, f"Label: note must be at most {LABEL_NOTE_CHARS} characters")
+        if self.labelled_at_ns <= 0:
+            raise SchemaError(Reason.INVALID_FIELD, "Label: labelled_at_ns must be positive")
+
+
 @dataclass
 class DeadLetter(_Message):
     """A message that could not be processed, with where it came from and why."""
@@ -317,5 +356,5 @@ class DeadLetter(_Message):
         )
 
 
-for _message in (Frame, Verdict, PartVerdict, Heatmap, DeadLetter):
+for _message in (Frame, Verdict, PartVerdict, Heatmap, Label, DeadLetter):
     _message.SPEC = _spec_of(_message)

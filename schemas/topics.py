@@ -1,4 +1,4 @@
-"""Topic names: one topic per line for frames, verdicts, heatmaps and part verdicts; one dead-letter topic.
+"""Topic names: one topic per line for frames, verdicts, heatmaps, part verdicts and labels; one dead-letter topic.
 
 Per-line verdict topics let a plant grant an MES client exactly one line
 (a prefixed ACL on ``lineguard.verdicts.<line_id>``).
@@ -10,7 +10,9 @@ import re
 
 PREFIX = "lineguard"
 DEADLETTER = f"{PREFIX}.deadletter"
-KINDS = ("frames", "verdicts", "heatmaps", "parts")  # the per-line topic families
+# Compacted; one record per dead letter re-injected by `lineguard replay`, keyed by the letter's offset.
+REPLAY_MARKERS = f"{PREFIX}.replay-markers"
+KINDS = ("frames", "verdicts", "heatmaps", "parts", "labels")  # the per-line topic families
 _LINE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -53,6 +55,11 @@ def parts(line_id: str) -> str:
     return per_line("parts", line_id)
 
 
+def labels(line_id: str) -> str:
+    """Operators' labels of the line's verdicts (confirmed defect, false alarm, missed defect), keyed by frame_id."""
+    return per_line("labels", line_id)
+
+
 
 def line_of(topic: str) -> str:
     """The line id of a per-line topic name."""
@@ -68,3 +75,14 @@ def heatmap_key(line_id: str, frame_id: str, captured_at_ns: int) -> str:
 
     day = _dt.datetime.fromtimestamp(captured_at_ns / 1e9, tz=_dt.timezone.utc)
     return f"{line_id}/{day:%Y/%m/%d}/{frame_id}.png"
+
+
+def archive_key(line_id: str, frame_id: str, captured_at_ns: int, ext: str) -> str:
+    """Object key of an archived frame: ``<line>/archive/<yyyy>/<mm>/<dd>/<frame_id>.<ext>`` (UTC date).
+
+    Under the line, as heatmaps are, so the heatmap sink's key check accepts it and a line's objects
+    can be granted or removed together."""
+    import datetime as _dt
+
+    day = _dt.datetime.fromtimestamp(captured_at_ns / 1e9, tz=_dt.timezone.utc)
+    return f"{line_id}/archive/{day:%Y/%m/%d}/{frame_id}.{ext}"

@@ -1,4 +1,4 @@
-"""``lineguard sink clickhouse|parts|heatmaps [--lines L1,L2 | all] [--until-idle SECONDS]``."""
+"""``lineguard sink clickhouse|parts|labels|heatmaps [--lines L1,L2 | all] [--until-idle SECONDS]``."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from lineguard.config import Settings
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "sink",
-        help="write verdicts or part verdicts to ClickHouse, or heatmaps to object storage",
+        help="write verdicts, part verdicts or operator labels to ClickHouse, or heatmaps to object storage",
         description="Consume verdict or heatmap topics and write them out; offsets are committed "
         "only after a successful write. Prints 'sink: kind=... written=N deadletter=N retries=N' on exit.",
     )
-    parser.add_argument("kind", choices=["clickhouse", "parts", "heatmaps"],
+    parser.add_argument("kind", choices=["clickhouse", "parts", "labels", "heatmaps"],
                         help="clickhouse: verdicts -> verdicts table; parts: part verdicts -> parts table; "
-                             "heatmaps: overlays -> object store")
+                             "labels: operator labels -> labels table; heatmaps: overlays -> object store")
     parser.add_argument(
         "--lines", default="all",
         help="comma-separated line ids, or 'all' (default: every line, new ones included)",
@@ -42,14 +42,16 @@ def run_sink(args: argparse.Namespace, settings: Settings) -> int:
     serve_metrics(settings.sinks.metrics_port, settings.metrics_host, f"sink {args.kind}")
     stop = threading.Event()
     store: Any
-    if args.kind in ("clickhouse", "parts"):
+    if args.kind in ("clickhouse", "parts", "labels"):
         from lineguard.stores import open_store
 
         from .clickhouse import ClickHouseWriter
+        from .labels import LabelsWriter
         from .parts import PartsWriter
 
         store = open_store(settings)
-        writer: Any = (ClickHouseWriter if args.kind == "clickhouse" else PartsWriter)(settings, store)
+        writer_class = {"clickhouse": ClickHouseWriter, "parts": PartsWriter, "labels": LabelsWriter}[args.kind]
+        writer: Any = writer_class(settings, store)
     else:
         from lineguard.stores import open_object_store
 

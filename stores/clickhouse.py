@@ -29,9 +29,10 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from lineguard.config import ConfigError, Settings
-from lineguard.schemas import PartVerdict, Verdict
+from lineguard.schemas import Label, PartVerdict, Verdict
 
-from .verdict_schema import PART_COLUMNS, VERDICT_COLUMNS, check_identifier, part_row, schema_statements, verdict_row
+from .verdict_schema import (LABEL_COLUMNS, PART_COLUMNS, VERDICT_COLUMNS, check_identifier, label_row, part_row,
+                             schema_statements, verdict_row)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -65,6 +66,10 @@ class VerdictStore(abc.ABC):
     def insert_parts(self, parts: Sequence[PartVerdict]) -> int:
         """Insert part verdicts (a re-decided part collapses to its latest decision)."""
         return self.insert_rows("parts", PART_COLUMNS, [part_row(p) for p in parts])
+
+    def insert_labels(self, labels: Sequence[Label]) -> int:
+        """Insert operators' labels (a frame relabelled collapses to its latest label)."""
+        return self.insert_rows("labels", LABEL_COLUMNS, [label_row(label) for label in labels])
 
     @abc.abstractmethod
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The ClickHouse layout of verdicts and part verdicts: the DDL, and the insert columns derived from ``Verdict``.
+"""The ClickHouse layout of verdicts, part verdicts and labels: the DDL, and the insert columns derived from ``Verdict``.
 
 ``verdicts`` is a ``ReplacingMergeTree(scored_at_ns)`` ordered by ``(line_id, product,
 camera_id, captured_at_ns, frame_id)``. Everything in that key is fixed by the
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lineguard.config import ConfigError
-from lineguard.schemas import PartVerdict, Verdict
+from lineguard.schemas import Label, PartVerdict, Verdict
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -159,6 +159,61 @@ def _parts_table(db: str, ttl_days: int | None, cluster: str | None) -> list[str
     return [f"CREATE TABLE IF NOT EXISTS {db}.parts\n{_PARTS_DDL}\nENGINE = ReplacingMergeTree(decided_at_ns)\n{tail}"]
 
 
+# Operators' labels: Label's fields in its order (frame_id as UUID, like the verdicts').
+LABEL_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Label))
+
+
+def label_row(label: Label) -> list[Any]:
+    """One Label as a row in :data:`LABEL_COLUMNS` order."""
+    return [_frame_uuid(v) if name == "frame_id" else v for name, v in zip(LABEL_COLUMNS, dataclasses.astuple(label))]
+
+
+_LABELS_DDL = """
+    (
+        frame_id        UUID,
+        line_id         LowCardinality(String),
+        camera_id       LowCardinality(String),
+        product         LowCardinality(String),
+        model_version   LowCardinality(String),
+        label           LowCardinality(String),
+        labelled_at_ns  Int64,
+        operator        LowCardinality(String),
+        note            Nullable(String),
+        schema_version  UInt16,
+        labelled_at     DateTime64(6, 'UTC') ALIAS fromUnixTimestamp64Micro(intDiv(labelled_at_ns, 1000), 'UTC')
+    )"""
+
+
+def _labels_table(db: str, cluster: str | None) -> list[str]:
+    """An operator changing their mind (and at-least-once replays) collapse to the frame's latest label:
+    ReplacingMergeTree(labelled_at_ns) keyed by the frame. No TTL: labels are the ground truth that
+    precision and recall are measured against, and they are few."""
+    tail = "ORDER BY (line_id, frame_id)"
+    if cluster:
+        on = f" ON CLUSTER {cluster}"
+        return [
+            f"CREATE TABLE IF NOT EXISTS {db}.labels_local{on}\n{_LABELS_DDL}\n"
+            f"ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/labels', '{{replica}}', "
+            f"labelled_at_ns)\n{tail}",
+            # sharded like the verdicts, so a frame's label sits beside its verdict
+            f"CREATE TABLE IF NOT EXISTS {db}.labels{on} AS {db}.labels_local\n"
+            f"ENGINE = Distributed({cluster}, {db}, labels_local, cityHash64(frame_id))",
+        ]
+    return [f"CREATE TABLE IF NOT EXISTS {db}.labels\n{_LABELS_DDL}\nENGINE = ReplacingMergeTree(labelled_at_ns)\n{tail}"]
+
+
+def _labels_latest_view(db: str, on_cluster: str) -> str:
+    """One row per frame, its latest label (no FINAL, as for the verdicts)."""
+    latest = ", ".join(f"argMax(l.{c}, l.labelled_at_ns) AS {c}" for c in (
+        "camera_id", "product", "model_version", "label", "operator", "note"))
+    return f"""
+        CREATE OR REPLACE VIEW {db}.labels_latest{on_cluster} AS
+        SELECT frame_id, line_id, max(l.labelled_at_ns) AS labelled_at_ns, {latest}
+        FROM {db}.labels AS l
+        GROUP BY line_id, frame_id
+        """
+
+
 def check_identifier(name: str, what: str = "database name") -> str:
     """``name`` if it is a safe ClickHouse identifier, else ConfigError."""
     if not _IDENTIFIER.match(name or ""):
@@ -260,7 +315,9 @@ def schema_statements(database: str, *, ttl_days: int | None = None, cluster: st
         *tables,
         *added,
         *_parts_table(db, ttl_days, cluster.strip() if cluster else None),
+        *_labels_table(db, cluster.strip() if cluster else None),
         _latest_view(db, on),
+        _labels_latest_view(db, on),
         # quantileExactInclusive is the usual linear-interpolation quantile (R7,
         # numpy's default), exact rather than sampled.
         f"""

@@ -24,6 +24,7 @@ from lineguard.schemas import Verdict
 from lineguard.stores import ChdbStore, ServerStore
 
 from analytics_dataset import Dataset, get_dataset
+from feedback_figures import feedback, operator_labels
 from pipeline_helpers import Component
 from sink_fixtures import chdb_http_url  # noqa: F401 - fixture
 
@@ -402,10 +403,34 @@ def _all_queries(dataset, window) -> dict[str, dict]:
         "defect_rate_by_line": {"grain": "hour", **window},
         "line_models": window,
         "latest_defects": window,
+        "feedback_by_line": window,
+        "feedback_by_camera": window,
+        "feedback_by_model_version": window,
+        "passed_sample": window,
     }
 
 
-def test_the_same_figures_through_a_clickhouse_server_connection(store, dataset, window, tmp_path, request):
+@pytest.fixture(scope="module")
+def labels(dataset, store):
+    """Operators' labels on the pipeline's verdicts (some relabelled), in the store."""
+    labels = operator_labels(dataset.verdicts, int(dataset.started_at.timestamp()) * 10**9)
+    store.insert_labels(labels)
+    return labels
+
+
+def test_precision_and_recall_from_labels_on_the_pipeline_verdicts(store, dataset, labels, window):
+    since, until = window["since"], window["until"]
+    rows = cookbook.run(store, "feedback_by_model_version", **window)
+    expected = feedback(dataset.verdicts, labels, lambda v: (v.line_id, v.model_name, v.model_version),
+                        lambda v: _in(v, since, until))
+    got = {(r["line_id"], r["model_name"], r["model_version"]): r for r in rows}
+    assert got.keys() == expected.keys() and len(got) >= 3  # both lines, washer v1 and v2
+    for key, row in expected.items():
+        for name, value in row.items():
+            assert (got[key][name] is None) if value is None else got[key][name] == pytest.approx(value), (key, name)
+
+
+def test_the_same_figures_through_a_clickhouse_server_connection(store, dataset, labels, window, tmp_path, request):
     """The cookbook through clickhouse-connect (the server backend) gives what chdb gives in-process."""
     url = request.getfixturevalue("chdb_http_url")
     server = ServerStore(url, database=f"lineguard_{re.sub(r'[^a-z0-9]', '', dataset.lines[0])}")
@@ -414,6 +439,7 @@ def test_the_same_figures_through_a_clickhouse_server_connection(store, dataset,
         load_model_references(server, dataset.models)
         load_model_references(server, dataset.model_archive)
         server.insert_verdicts(dataset.verdicts)
+        server.insert_labels(labels)
         queries = _all_queries(dataset, window)
         assert set(queries) == set(cookbook.QUERIES)
         for name, params in queries.items():

@@ -18,8 +18,12 @@ function takeKey() {
   return sessionStorage.getItem("lineguard-key");
 }
 
-async function api(path) {
-  const response = await fetch(path, { headers: { "X-API-Key": state.key } });
+async function api(path, { method = "GET", body } = {}) {
+  const headers = { "X-API-Key": state.key };
+  const operator = (localStorage.getItem("lineguard-operator") || "").trim();
+  if (operator) headers["X-Operator"] = operator;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (response.status === 401) {
     sessionStorage.removeItem("lineguard-key");
     state.key = null;
@@ -120,13 +124,17 @@ async function refresh() {
   const q = `hours=${hours}`;
   const error = document.getElementById("error");
   try {
-    const [lines, rates, drift, defects] = await Promise.all([
+    const [lines, rates, drift, defects, feedback, passed] = await Promise.all([
       api(`/api/lines?${q}`).then((r) => r.json()),
       api(`/api/defect-rate?${q}&grain=${grain}`).then((r) => r.json()),
       api(`/api/drift?${q}&grain=${grain}`).then((r) => r.json()),
       api(`/api/defects/latest?${q}&limit=12`).then((r) => r.json()),
+      api(`/api/feedback?${q}`).then((r) => r.json()),
+      api(`/review/passed?${q}&n=8`).then((r) => r.json()),
     ]);
     renderLines(lines);
+    renderFeedback(lines, feedback);
+    renderPassed(passed);
     lineChart(document.getElementById("rate-chart"), groupSeries(rates, (r) => r.line_id, (r) => r.defect_rate),
       { yFormat: (v) => (100 * v).toFixed(0) + "%", grain });
     lineChart(document.getElementById("drift-chart"),
@@ -139,6 +147,62 @@ async function refresh() {
   } catch (e) {
     if (e.message !== "unauthorized") error.textContent = e.message;
   }
+}
+
+// Precision and recall per line from the operators' labels (ClickHouse, via lineguard sink labels).
+function renderFeedback(lines, feedback) {
+  const body = document.querySelector("#feedback tbody");
+  body.replaceChildren();
+  const byLine = new Map(feedback.map((f) => [f.line_id, f]));
+  const names = [...new Set([...lines.map((l) => l.line_id), ...byLine.keys()])].sort();
+  for (const line of names) {
+    const f = byLine.get(line) || { labelled: 0, confirmed: 0, false_alarms: 0, missed: 0, precision: null, recall: null };
+    const tr = el("tr", { "data-line": line });
+    for (const v of [line, f.labelled, f.confirmed, f.false_alarms, f.missed]) tr.append(el("td", {}, String(v)));
+    for (const [name, v] of [["precision", f.precision], ["recall", f.recall]]) {
+      tr.append(el("td", { class: name, "data-value": v === null ? "" : String(v) }, v === null ? "–" : pct(v)));
+    }
+    body.append(tr);
+  }
+}
+
+// Label buttons under a frame: POST /verdicts/{frame_id}/label, then say what was recorded.
+function labelButtons(frame, choices, current) {
+  const box = el("div", { class: "labels" });
+  const status = el("div", { class: "label-state muted" }, current ? `marked: ${current.replace("_", " ")}` : "");
+  for (const [label, text] of choices) {
+    const button = el("button", { type: "button", class: "label-btn", "data-label": label }, text);
+    button.addEventListener("click", async () => {
+      box.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+      status.textContent = "sending…";
+      try {
+        const saved = await (await api(`/verdicts/${frame}/label`, { method: "POST", body: { label } })).json();
+        status.textContent = `marked: ${text} (${saved.operator})`;
+        status.dataset.saved = label;
+      } catch (e) {
+        status.textContent = "not saved: " + e.message;
+      } finally {
+        box.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+      }
+    });
+    box.append(button);
+  }
+  box.append(status);
+  return box;
+}
+
+function renderPassed(passed) {
+  const box = document.getElementById("passed");
+  box.replaceChildren();
+  for (const p of passed) {
+    const card = el("div", { class: "defect passed", "data-frame": p.frame_id });
+    card.append(el("div", {}, `${p.line_id} · ${p.camera_id} · ${p.product}`));
+    card.append(el("div", {}, `${p.score.toFixed(3)} ≤ ${p.threshold.toFixed(3)} (${p.model_version})`));
+    card.append(el("div", { class: "muted" }, when(p.captured_at)));
+    card.append(labelButtons(p.frame_id, [["missed_defect", "missed defect"]], p.label));
+    box.append(card);
+  }
+  if (!passed.length) box.append(el("p", { class: "muted" }, "no passed frames in this window"));
 }
 
 function renderLines(lines) {
@@ -170,6 +234,7 @@ async function renderDefects(defects) {
     score.append(document.createTextNode(` > ${d.threshold.toFixed(3)} (${d.model_version})`));
     card.append(score);
     card.append(el("div", { class: "muted" }, when(d.captured_at)));
+    card.append(labelButtons(d.frame_id, [["confirmed_defect", "confirmed defect"], ["false_alarm", "false alarm"]]));
     box.append(card);
     if (!d.heatmap_key) return;
     try {
@@ -203,6 +268,9 @@ document.getElementById("login").addEventListener("submit", (event) => {
   start();
 });
 document.getElementById("window").addEventListener("change", refresh);
+const operatorInput = document.getElementById("operator");
+operatorInput.value = localStorage.getItem("lineguard-operator") || "";
+operatorInput.addEventListener("change", () => localStorage.setItem("lineguard-operator", operatorInput.value.trim()));
 state.key = takeKey();
 if (state.key) start(); else showLogin();
 setInterval(() => { if (state.key && !document.hidden) refresh(); }, REFRESH_MS);

@@ -4,7 +4,7 @@ offsets and lag, and reading a topic through to its end.
 Import from ``lineguard.kafka``; the submodules are an implementation detail.
 """
 
-from lineguard.kafka.admin import coordinator_not_ready, ensure_topics
+from lineguard.kafka.admin import coordinator_not_ready, ensure_compacted_topic, ensure_topics
 from lineguard.kafka.clients import (
     FRAMING_HEADROOM_BYTES,
     SizeLimits,
@@ -29,7 +29,7 @@ from lineguard.kafka.offsets import (
     topic_end_offsets,
     watermarks,
 )
-from lineguard.kafka.read import Record, read_topic
+from lineguard.kafka.read import Record, iter_range, offsets_at, read_topic
 
 __all__ = [
     "FRAMING_HEADROOM_BYTES",
@@ -45,9 +45,12 @@ __all__ = [
     "consumer_config",
     "coordinator_not_ready",
     "count_messages",
+    "ensure_compacted_topic",
     "ensure_topics",
     "faust_broker_settings",
     "group_lag",
+    "iter_range",
+    "offsets_at",
     "partition_of_key",
     "producer_client",
     "producer_config",

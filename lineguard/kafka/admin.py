@@ -45,6 +45,8 @@ def _wanted_topics(kafka_cfg: KafkaConfig, line_ids: Iterable[str], live_brokers
         wanted.append(NewTopic(topics.verdicts(line_id), parts, rf, config=dict(retained)))
         wanted.append(NewTopic(topics.heatmaps(line_id), parts, rf, config=dict(size)))
         wanted.append(NewTopic(topics.parts(line_id), parts, rf, config=dict(retained)))
+        # Labels are few (an operator's clicks) but ground truth: kept like verdicts, keyed by frame.
+        wanted.append(NewTopic(topics.labels(line_id), parts, rf, config=dict(retained)))
     wanted.append(NewTopic(topics.DEADLETTER, 1, rf, config=dict(size)))
     return wanted
 
@@ -64,6 +66,18 @@ def ensure_topics(
     futures = admin.create_topics(wanted, request_timeout=timeout_s, operation_timeout=timeout_s)
     created = [name for name, future in futures.items() if _created(future, timeout_s)]
     _wait_for_leaders(admin, [t.topic for t in wanted], timeout_s)
+    return created
+
+
+def ensure_compacted_topic(kafka_cfg: KafkaConfig, name: str, timeout_s: float = 30.0) -> bool:
+    """Create ``name`` as a one-partition compacted topic where missing (a record per key: markers,
+    not a stream); True if created. Replicated as the other topics are."""
+    admin = admin_client(kafka_cfg)
+    rf, min_isr = replication(kafka_cfg, len(admin.list_topics(timeout=timeout_s).brokers))
+    wanted = NewTopic(name, 1, rf, config={"cleanup.policy": "compact", "min.insync.replicas": str(min_isr)})
+    futures = admin.create_topics([wanted], request_timeout=timeout_s, operation_timeout=timeout_s)
+    created = _created(futures[name], timeout_s)
+    _wait_for_leaders(admin, [name], timeout_s)
     return created
 
 

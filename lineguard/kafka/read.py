@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from confluent_kafka import TopicPartition
@@ -56,3 +56,44 @@ def read_topic(kafka_cfg: KafkaConfig, topic_names: str | Iterable[str], timeout
         raise TimeoutError(f"could not read {sorted(remaining)} to their end within {timeout_s:.0f}s")
     out.sort(key=lambda r: (r.topic, r.partition, r.offset))
     return out
+
+
+def offsets_at(kafka_cfg: KafkaConfig, topic: str, timestamp_ms: int, timeout_s: float = 10.0) -> dict[int, int]:
+    """{partition: the first offset whose message timestamp is at or after ``timestamp_ms``}; the high
+    watermark where no message is that recent (the broker's offsets_for_times answers -1 there)."""
+    ends = watermarks(kafka_cfg, topic, timeout_s)
+    consumer = consumer_client(kafka_cfg, f"lineguard-seek-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
+    try:
+        found = consumer.offsets_for_times([TopicPartition(topic, p, timestamp_ms) for p in ends], timeout=timeout_s)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset if tp.offset >= 0 else ends[tp.partition][1] for tp in found}
+
+
+def iter_range(kafka_cfg: KafkaConfig, topic: str, starts: dict[int, int], ends: dict[int, int],
+               idle_timeout_s: float = 60.0) -> Iterator[Record]:
+    """The messages of ``topic`` from ``starts[p]`` up to (not including) ``ends[p]`` on each partition,
+    one at a time (frames are large: nothing is held). No group is joined; nothing is committed.
+    Raises TimeoutError when no message came for ``idle_timeout_s`` before the ends were reached."""
+    remaining = {p for p in starts if ends.get(p, 0) > starts[p]}
+    if not remaining:
+        return
+    consumer = consumer_client(kafka_cfg, f"lineguard-range-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(remaining)])
+    deadline = time.monotonic() + idle_timeout_s
+    try:
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: nothing from partitions {sorted(remaining)} "
+                                   f"for {idle_timeout_s:.0f}s")
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() or msg.partition() not in remaining:
+                continue
+            deadline = time.monotonic() + idle_timeout_s
+            if msg.offset() < ends[msg.partition()]:
+                yield Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+            if msg.offset() >= ends[msg.partition()] - 1:
+                remaining.discard(msg.partition())
+                consumer.incremental_unassign([TopicPartition(topic, msg.partition())])
+    finally:
+        consumer.close()
