@@ -1,4 +1,5 @@
-"""``lineguard bench engine|pipeline|fit|anomalib|tiling``: figures measured side by side in one run, as JSON + Markdown."""
+"""``lineguard bench engine|pipeline|fit|anomalib|tiling|bank-update``: figures measured side by side in one run,
+as JSON + Markdown."""
 
 from __future__ import annotations
 
@@ -148,6 +149,18 @@ def _tiling(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bank_update(args: argparse.Namespace, settings: Settings) -> int:
+    from .bank_update import BankUpdateConfig, markdown, run, write_outputs
+
+    result = run(BankUpdateConfig(data=Path(args.data), slice_by=args.slice, slice_fraction=args.slice_fraction,
+                                  add_fraction=args.add_fraction, size=args.size, coreset_ratio=args.coreset_ratio,
+                                  seed=args.seed, work_dir=Path(args.work_dir) if args.work_dir else None))
+    write_outputs(result, args.out)
+    print(markdown(result))
+    print(json.dumps(result["summary"]))
+    return 0
+
+
 OUT_HELP = "write the result JSON here (and a .md table beside it)"
 
 
@@ -232,6 +245,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--work-dir", help="keep the frames and both models here (default: a temp folder)")
     add_output_file(t, OUT_HELP)
     t.set_defaults(handler=_tiling)
+
+    b = kinds.add_parser("bank-update", help="PatchCore learning held-back normal variation by a memory-bank update "
+                                             "against a full refit: false alarms, image AUROC, time side by side")
+    b.add_argument("--data", required=True, help="MVTec-layout folder (train/good, test/)")
+    b.add_argument("--slice", choices=["brightness", "random"], default="brightness",
+                   help="which normal images are the new variation: the brightest ones (default) or random ones")
+    b.add_argument("--slice-fraction", type=float, default=0.2, help="share of train/good held back (default 0.2)")
+    b.add_argument("--add-fraction", type=float, default=0.5,
+                   help="share of the slice the update learns; the rest measures the false alarms (default 0.5)")
+    b.add_argument("--size", type=int, default=256, help="input size in pixels")
+    b.add_argument("--coreset-ratio", type=float, default=0.01)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--work-dir", help="keep the three models here (default: a temp folder)")
+    add_output_file(b, OUT_HELP)
+    b.set_defaults(handler=_bank_update)
 
     g = kinds.add_parser("gpu", help="the GPU check: CPU FP32 vs CUDA FP32 vs TensorRT FP16 parity and images/s at "
                                      "batch 1/16/64, in one go (exits 3 with the reason where there is no GPU)")

@@ -125,6 +125,9 @@ def train(kind: str, data: str | Path, out: str | Path, *, name: str | None = No
                 "n_images": len(fit_paths),
                 "n_inputs": len(fit_images),  # tiles when tiled: what the model was fitted on
                 "n_calibration": len(cal_paths),
+                # With the fingerprint, enough to find the held-out images again (a bank update recalibrates on them).
+                "calibration_fraction": calibration_fraction,
+                "seed": seed,
                 "images_sha256": images_fingerprint(paths),
                 "fit_seconds": round(fit_s, 3),
                 "data": str(data),

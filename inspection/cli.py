@@ -1,4 +1,5 @@
-"""``lineguard models push|list|promote|rollback``: publishing models once, through the object store."""
+"""``lineguard models push|list|promote|rollback``: publishing models once, through the object store;
+``lineguard models update-bank``: a new PatchCore version that learnt confirmed-good images."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
 
     from .registry import PublishError
 
+    if args.models_command == "update-bank":  # works on folders: no object store involved
+        return _update_bank(args)
     models = _models(settings)
     try:
         if args.models_command == "push":
@@ -38,6 +41,30 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
             _print_list(models, args.json)
     except (PublishError, FileMismatch, FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"models {args.models_command}: {exc}") from exc
+    return 0
+
+
+def _update_bank(args: argparse.Namespace) -> int:
+    from lineguard.engines.data import DatasetError
+
+    try:
+        from lineguard.engines.patchcore.update import update_model
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"models update-bank needs {exc.name!r}: install the training extra (make train-deps)")
+    try:
+        path, lineage = update_model(args.model, args.add, args.out, version=args.version, name=args.name,
+                                     max_picks=args.max_patches, calibration_dir=args.calibration,
+                                     weights_path=args.weights_path)
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"models update-bank: {exc}") from exc
+    manifest = json.loads(path.read_text())
+    score = lineage["added_images_score"]
+    print(f"update-bank: out={path.parent} version={manifest['version']} parent={lineage['parent_version']} "
+          f"images={lineage['images_added']} patches_added={lineage['patches_added']} "
+          f"bank={lineage['bank_size_before']}->{lineage['bank_size_after']} "
+          f"added_max_score={score['before_max']:.4f}->{score['after_max']:.4f} "
+          f"threshold={lineage['threshold']['parent_value']:.4f}->{lineage['threshold']['value']:.4f} "
+          f"({lineage['threshold']['action']})")
     return 0
 
 
@@ -58,7 +85,8 @@ def _print_list(models, as_json: bool) -> None:  # noqa: ANN001 - ModelStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="publish models through the object store: push, list, promote, rollback",
+    p = sub.add_parser("models", help="publish models through the object store: push, list, promote, rollback; "
+                                      "update-bank: learn confirmed-good images",
                        description="Models are stored under models/<product>/<version>/ in sinks.object_store; "
                                    "hosts with processor.model_source: object_store serve the promoted version.")
     verbs = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -74,4 +102,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     rollback = verbs.add_parser("rollback", help="serve the previously promoted version again")
     rollback.add_argument("product")
     rollback.add_argument("--line", help="roll back this line's promotion only")
+    update = verbs.add_parser(
+        "update-bank", help="learn confirmed-good images (false alarms) into a PatchCore model without a refit: "
+                            "writes a new version folder",
+        description="Appends the new images' uncovered patch features to the memory bank (the greedy coreset "
+                    "continued), re-exports the graph into --out with the lineage in its manifest, and "
+                    "recalibrates the threshold on the parent's held-out normal images where they are found.")
+    update.add_argument("--model", required=True, type=Path, help="the parent model folder (left unchanged)")
+    update.add_argument("--add", required=True, type=Path, help="folder of confirmed-good images to learn")
+    update.add_argument("--out", required=True, type=Path, help="the new model folder to write")
+    update.add_argument("--version", help="the new version (default: a UTC timestamp, as train)")
+    update.add_argument("--name", help="model name (default: the parent's)")
+    update.add_argument("--max-patches", type=int,
+                        help="most patches to add (default: the model's coreset ratio of the new patches)")
+    update.add_argument("--calibration", type=Path,
+                        help="normal images to recalibrate on (default: the parent's held-out ones, if found)")
+    update.add_argument("--weights-path", help="backbone weights, where they are not installed as a package")
     p.set_defaults(handler=run_models)

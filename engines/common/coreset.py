@@ -60,11 +60,16 @@ def random_projection(features: np.ndarray, dim: int = DEFAULT_PROJECTION_DIM, s
 
 
 def greedy_coreset(features: np.ndarray, k: int, *, projection_dim: int | None = DEFAULT_PROJECTION_DIM,
-                   seed: int = 0, start_index: int | None = None, progress: bool = True) -> np.ndarray:
+                   seed: int = 0, start_index: int | None = None, progress: bool = True,
+                   covered_sq: np.ndarray | None = None, stop_sq: float | None = None) -> np.ndarray:
     """Indices (length ``k``, in pick order) of a greedy k-center coreset of ``features`` (N x D).
 
     ``start_index`` fixes the first pick (the paper starts at a random one,
     drawn from ``seed``). ``projection_dim=None`` uses the raw features.
+
+    Continuing a coreset (:func:`extend_coreset`): ``covered_sq`` is each row's squared distance to
+    centres picked earlier (in the projected space), so the first pick is the row farthest from them;
+    with ``stop_sq`` the picking stops early, returning fewer than ``k``, once every row is that close.
     """
     features = np.asarray(features)
     if features.ndim != 2:
@@ -75,18 +80,26 @@ def greedy_coreset(features: np.ndarray, k: int, *, projection_dim: int | None =
     x = random_projection(features, projection_dim, seed) if projection_dim else \
         np.ascontiguousarray(features, dtype=np.float32)
     with _single_threaded_blas():
-        return _greedy(x, k, seed, start_index, progress)
+        return _greedy(x, k, seed, start_index, progress, covered_sq, stop_sq)
 
 
-def _greedy(x: np.ndarray, k: int, seed: int, start_index: int | None, progress: bool) -> np.ndarray:
+def _greedy(x: np.ndarray, k: int, seed: int, start_index: int | None, progress: bool,
+            covered_sq: np.ndarray | None = None, stop_sq: float | None = None) -> np.ndarray:
     n = x.shape[0]
     sq_norms = np.einsum("ij,ij->i", x, x)
-    min_sq = np.full(n, np.inf, dtype=np.float32)  # squared distance to the nearest applied pick
+    # Squared distance to the nearest applied pick (or centre picked before this call).
+    min_sq = np.full(n, np.inf, dtype=np.float32) if covered_sq is None else \
+        np.array(covered_sq, dtype=np.float32).reshape(n)
     n_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
     applied = np.zeros(n_blocks, dtype=np.int64)  # picks applied to each block so far
     bound = np.full(n_blocks, np.inf, dtype=np.float32)  # upper bound of each block's largest min_sq
     chosen = np.empty(k, dtype=np.int64)
+    if covered_sq is not None and start_index is None:
+        start_index = int(np.argmax(min_sq))  # continuing: the row worst covered by the earlier centres
     current = int(np.random.default_rng(seed).integers(n)) if start_index is None else int(start_index)
+    stop = -1.0 if stop_sq is None else float(stop_sq)
+    if min_sq[current] <= stop:
+        return chosen[:0]  # already covered: nothing to pick
     for i in tqdm(range(k), desc="coreset", unit="pick", disable=not progress, mininterval=1.0):
         chosen[i] = current
         min_sq[current] = 0.0  # exact, and immune to rounding: a pick is never picked twice
@@ -101,6 +114,8 @@ def _greedy(x: np.ndarray, k: int, seed: int, start_index: int | None, progress:
             applied[b] = i + 1
             bound[b] = min_sq[lo:hi].max()
         current = lo + int(np.argmax(min_sq[lo:hi]))
+        if min_sq[current] <= stop:
+            return chosen[:i + 1]  # every row is now within stop_sq of a pick
     return chosen
 
 
@@ -139,3 +154,68 @@ def coreset_size(n: int, ratio: float) -> int:
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
     return max(1, min(n, int(round(n * ratio))))
+
+
+def nearest_sq(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Each row of ``x``'s squared distance to its nearest row of ``centres`` (chunked: bounded memory)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    centres = np.ascontiguousarray(centres, dtype=np.float32)
+    centre_sq = np.einsum("ij,ij->i", centres, centres)
+    out = np.empty(len(x), dtype=np.float32)
+    for start in range(0, len(x), BLOCK_ROWS):
+        rows = x[start:start + BLOCK_ROWS]
+        dist = rows @ centres.T
+        dist *= -2.0
+        dist += centre_sq
+        out[start:start + len(rows)] = np.maximum(dist.min(axis=1) + np.einsum("ij,ij->i", rows, rows), 0.0)
+    return out
+
+
+def coverage_radius_sq(bank: np.ndarray) -> float:
+    """The squared distance from the bank's closest-spaced entry to its nearest other entry.
+
+    For a greedy k-center coreset this is the distance of the last pick when it was picked, which bounds
+    how far any patch the bank was chosen from lies from its nearest entry: the coverage the bank promises
+    its own training patches (exactly, in the projected space the coreset was picked in).
+    """
+    bank = np.ascontiguousarray(bank, dtype=np.float32)
+    if len(bank) < 2:
+        return 0.0
+    sq = np.einsum("ij,ij->i", bank, bank)
+    best = np.inf
+    for start in range(0, len(bank), BLOCK_ROWS):
+        rows = bank[start:start + BLOCK_ROWS]
+        dist = sq[start:start + len(rows), None] - 2.0 * rows @ bank.T + sq[None, :]
+        dist[np.arange(len(rows)), np.arange(start, start + len(rows))] = np.inf  # not itself
+        best = min(best, float(dist.min()))
+    return max(best, 0.0)
+
+
+def extend_coreset(bank: np.ndarray, features: np.ndarray, max_picks: int, *,
+                   projection_dim: int | None = DEFAULT_PROJECTION_DIM, seed: int = 0,
+                   progress: bool = True) -> tuple[np.ndarray, dict[str, float]]:
+    """Rows of ``features`` (new normal patches) to append to a coreset ``bank``: greedy k-center continued.
+
+    The greedy loop is resumed as if the bank's entries were its first picks: new patches already as close
+    to the bank as its own training patches were (within :func:`coverage_radius_sq`) add nothing; of the
+    rest the farthest is picked, and so on, until every new patch is covered that well or ``max_picks`` is
+    reached. Distances are taken in the same random projection as the coreset that made the bank (same
+    ``projection_dim`` and ``seed``). Returns (indices into ``features``, figures for the manifest).
+    """
+    x_bank = random_projection(np.asarray(bank, dtype=np.float32), projection_dim, seed) if projection_dim \
+        else np.ascontiguousarray(bank, dtype=np.float32)
+    x_new = random_projection(np.asarray(features, dtype=np.float32), projection_dim, seed) if projection_dim \
+        else np.ascontiguousarray(features, dtype=np.float32)
+    radius_sq = coverage_radius_sq(x_bank)
+    covered = nearest_sq(x_new, x_bank)
+    picks = np.empty(0, dtype=np.int64)
+    if max_picks > 0 and len(x_new):
+        with _single_threaded_blas():
+            picks = _greedy(x_new, min(int(max_picks), len(x_new)), seed, None, progress, covered, radius_sq)
+    after = covered if not len(picks) else np.minimum(covered, nearest_sq(x_new, x_new[picks]))
+    return picks, {
+        "coverage_radius": float(np.sqrt(radius_sq)),
+        "uncovered_patches_before": int((covered > radius_sq).sum()),
+        "max_distance_before": float(np.sqrt(covered.max())) if len(covered) else 0.0,
+        "max_distance_after": float(np.sqrt(after.max())) if len(after) else 0.0,
+    }

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..base import AnomalyModel
 from ..common.backbones import BACKBONES, backbone_info, get_spec, load_backbone
-from ..common.coreset import DEFAULT_PROJECTION_DIM, coreset_size, greedy_coreset
+from ..common.coreset import DEFAULT_PROJECTION_DIM, coreset_size, extend_coreset, greedy_coreset
 from ..common.onnx_export import export_graph
 from .torch_model import PatchcoreModel
 
@@ -69,6 +69,7 @@ class PatchCore(AnomalyModel):
         self.manifest_extra: dict[str, Any] = {
             "coreset_ratio": self.coreset_ratio,
             "projection_dim": self.projection_dim,
+            "seed": self.seed,  # the coreset's projection: a bank update projects as the fit did
             "num_neighbors": num_neighbors,
             "sigma": sigma,
             "feature_dim": self.model.feature_dim,
@@ -86,10 +87,8 @@ class PatchCore(AnomalyModel):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
-    def fit(self, images: Sequence[np.ndarray]) -> "PatchCore":
-        if len(images) < 1:
-            raise ValueError("PatchCore needs at least one normal image")
-        started = time.perf_counter()
+    def extract_features(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The patch features of ``images``, ``(N * grid h * grid w) x D``: what the memory bank is chosen from."""
         hw = self.model.grid_size[0] * self.model.grid_size[1]
         # Preallocated: the patch features of all images (666 x 1024 x 128 floats = 350 MB at most by default).
         features = np.empty((len(images) * hw, self.model.embedding_dim), dtype=np.float32)
@@ -100,6 +99,14 @@ class PatchCore(AnomalyModel):
                 batch = self.preprocess(images[start:start + self.batch_size])
                 emb = session.run(["embedding"], {"image": batch})[0]
                 features[start * hw:(start + len(batch)) * hw] = emb.reshape(-1, emb.shape[-1])
+        return features
+
+    def fit(self, images: Sequence[np.ndarray]) -> "PatchCore":
+        if len(images) < 1:
+            raise ValueError("PatchCore needs at least one normal image")
+        started = time.perf_counter()
+        hw = self.model.grid_size[0] * self.model.grid_size[1]
+        features = self.extract_features(images)
         extract_s = time.perf_counter() - started
 
         k = coreset_size(len(features), self.coreset_ratio)
@@ -124,6 +131,37 @@ class PatchCore(AnomalyModel):
                  len(images) * hw, bank.shape[0], 100 * self.coreset_ratio, time.perf_counter() - started,
                  extract_s, coreset_s)
         return self
+
+    def add_to_bank(self, images: Sequence[np.ndarray], max_picks: int | None = None) -> dict[str, Any]:
+        """Learn confirmed-good ``images`` without a refit: append the patches the bank does not cover yet.
+
+        Their patch features are extracted as in :meth:`fit`, then the greedy coreset is continued from the
+        current bank (:func:`~..common.coreset.extend_coreset`): only patches farther from the bank than its
+        own training patches can be picked, at most ``max_picks`` (default: ``coreset_ratio`` of the new
+        patches, the density the fit kept, so the bank and the search cost grow as a refit's would).
+        Entries are only added, so no image's patch distances can grow. Returns figures for the manifest.
+        """
+        if len(images) < 1:
+            raise ValueError("no images to add to the memory bank")
+        if self.model.memory_bank.shape[0] == 0:
+            raise RuntimeError("empty memory bank: fit the model (or load one) first")
+        started = time.perf_counter()
+        features = self.extract_features(images)
+        extract_s = time.perf_counter() - started
+        budget = coreset_size(len(features), self.coreset_ratio) if max_picks is None else int(max_picks)
+        bank = self.model.memory_bank.numpy()
+        picks, coverage = extend_coreset(bank, features, budget, projection_dim=self.projection_dim,
+                                         seed=self.seed, progress=self.progress)
+        self.model.set_memory_bank(torch.from_numpy(np.concatenate([bank, features[np.sort(picks)]])))
+        self.manifest_extra["memory_bank_size"] = int(self.model.memory_bank.shape[0])
+        return {
+            "images_added": len(images), "patches_extracted": int(len(features)), "max_picks": budget,
+            "patches_added": int(len(picks)), "bank_size_before": int(len(bank)),
+            "bank_size_after": int(self.model.memory_bank.shape[0]), **{k: round(v, 6) if isinstance(v, float)
+                                                                         else v for k, v in coverage.items()},
+            "feature_extraction_s": round(extract_s, 2),
+            "coreset_s": round(time.perf_counter() - started - extract_s, 2),
+        }
 
     @torch.inference_mode()
     def score(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
