@@ -1,4 +1,5 @@
-"""``lineguard models push|list|promote|rollback``: publishing models once, through the object store;
+"""``lineguard models push|list|promote|rollback|shadow|compare``: publishing models once, through the object store
+(shadow trials and the model_events audit trail: :mod:`.trials`);
 ``lineguard models update-bank``: a new PatchCore version that learnt confirmed-good images."""
 
 from __future__ import annotations
@@ -23,20 +24,52 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
 
     from .registry import PublishError
 
+    from . import trials
+
     if args.models_command == "update-bank":  # works on folders: no object store involved
         return _update_bank(args)
+    if args.models_command == "compare":  # reads ClickHouse only
+        return trials.run_compare(args, settings)
     models = _models(settings)
     try:
         if args.models_command == "push":
             product, version = models.push(args.model_dir, product=args.product)
             print(f"pushed {product} {version}")
         elif args.models_command == "promote":
-            models.promote(args.product, args.version, line=args.line)
+            def promote() -> tuple[str | None, str | None]:
+                before = trials.live_version(models, args.product, args.line)
+                models.promote(args.product, args.version, line=args.line)
+                return before, args.version
+
+            if not models.versions(args.product).get(args.version):  # refused before the store is opened
+                raise PublishError(f"{args.product} has no complete version {args.version!r}: push it first")
+            trials.recorded(settings, args, "promote", args.product, args.line, promote)
             print(f"promoted {args.product} {args.version}" + (f" on {args.line}" if args.line else ""))
         elif args.models_command == "rollback":
-            back = models.rollback(args.product, line=args.line)
+            def rollback() -> tuple[str | None, str | None]:
+                before = trials.live_version(models, args.product, args.line)
+                models.rollback(args.product, line=args.line)
+                return before, trials.live_version(models, args.product, args.line)
+
+            trials.recorded(settings, args, "rollback", args.product, args.line, rollback)
+            back = trials.live_version(models, args.product, args.line)
             print(f"{args.product}" + (f" on {args.line}" if args.line else "") + " now serves "
-                  + (back or "the product-wide version"))
+                  + (back or "nothing"))
+        elif args.models_command == "shadow":
+            def shadow() -> tuple[str | None, str | None]:
+                return models.shadow(args.product, None if args.clear else args.version, line=args.line), \
+                    None if args.clear else args.version
+
+            if not args.clear and not args.version:
+                raise PublishError("give --version, or --clear")
+            if args.version and not models.versions(args.product).get(args.version):
+                raise PublishError(f"{args.product} has no complete version {args.version!r}: push it first")
+            trials.recorded(settings, args, "shadow-clear" if args.clear else "shadow", args.product, args.line,
+                            shadow)
+            where = f" on {args.line}" if args.line else ""
+            print(f"{args.product}{where}: shadow cleared" if args.clear else
+                  f"{args.product}{where}: {args.version} scored in shadow beside "
+                  f"{trials.live_version(models, args.product, args.line) or 'nothing'}")
         else:
             _print_list(models, args.json)
     except (PublishError, FileMismatch, FileNotFoundError, ValueError) as exc:
@@ -85,7 +118,19 @@ def _print_list(models, as_json: bool) -> None:  # noqa: ANN001 - ModelStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="publish models through the object store: push, list, promote, rollback; "
+    from lineguard.cli_options import parse_time_ns
+
+    from . import trials
+
+    def parse_line_id(value: str) -> str:
+        from lineguard.schemas import topics
+
+        try:
+            return topics.check_line_id(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    p = sub.add_parser("models", help="publish models through the object store: push, list, promote, rollback, "
+                                      "shadow, compare; "
                                       "update-bank: learn confirmed-good images",
                        description="Models are stored under models/<product>/<version>/ in sinks.object_store; "
                                    "hosts with processor.model_source: object_store serve the promoted version.")
@@ -99,9 +144,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     promote.add_argument("product")
     promote.add_argument("version")
     promote.add_argument("--line", help="promote for this line only")
+    trials.add_audit_options(promote)
     rollback = verbs.add_parser("rollback", help="serve the previously promoted version again")
     rollback.add_argument("product")
     rollback.add_argument("--line", help="roll back this line's promotion only")
+    trials.add_audit_options(rollback)
+    shadow = verbs.add_parser(
+        "shadow", help="score a candidate VERSION beside the promoted one: its verdicts go to lineguard.shadow.<line> "
+                       "and the shadow_verdicts table, never to the verdict topic",
+        description="Recorded next to the promotion pointer; processors with processor.model_source: object_store "
+                    "pick it up without a restart. Promoting the candidate makes it live and ends the trial.")
+    shadow.add_argument("--product", required=True)
+    shadow.add_argument("--version", help="the candidate (a pushed version)")
+    shadow.add_argument("--line", help="trial on this line only (default: every line)")
+    shadow.add_argument("--clear", action="store_true", help="end the trial")
+    trials.add_audit_options(shadow)
+    compare = verbs.add_parser("compare", help="a line's shadow candidate against its live model, from ClickHouse: "
+                                               "agreement, score quantiles, precision and recall on labelled frames")
+    compare.add_argument("--line", required=True, type=parse_line_id)
+    compare.add_argument("--since", type=parse_time_ns, help="capture time from: ISO time or a span ago (12h, 7d)")
+    compare.add_argument("--json", action="store_true", help="print JSON")
     update = verbs.add_parser(
         "update-bank", help="learn confirmed-good images (false alarms) into a PatchCore model without a refit: "
                             "writes a new version folder",

@@ -4,6 +4,8 @@ Layout of the model directory::
 
     models/<product>/            manifest.json + model.onnx, used on every line
     models/<product>@<line>/     optional: a line-specific model for that product
+    models/.shadow/<product>[@<line>]/   optional: a shadow candidate, scored beside the live model;
+                                 its verdicts go to lineguard.shadow.<line> only (``shadow_for``)
 
 A folder whose files (manifest or any model file) changed is reloaded: every file's sha256 is
 checked against the manifest first, since copy tools such as rsync write the manifest before the
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from .registry import ModelCache
 
 log = logging.getLogger(__name__)
+SHADOW_DIR = ".shadow"  # under the model folder: the shadow candidates (lineguard.inspection.registry pulls them)
 MODEL_REFUSALS = Counter("lineguard_model_refusals", "New model versions refused (kept the old one serving), "
                          "counted at each poll that refuses", ["product", "reason"])
 # A product or line id usable as (part of) a folder name: no path separator, no '@', and no leading
@@ -81,7 +84,7 @@ class ModelRegistry:
     def __init__(self, model_dir: str | Path, threads: int = 0, poll_s: float = 2.0,
                  providers: list[str] | None = None, precision: str = "fp32", source: ModelCache | None = None, *,
                  max_batch: int = 16, max_batch_per_product: dict[str, int] | None = None, device_id: int = 0,
-                 trt_cache_dir: str | Path | None = None) -> None:
+                 trt_cache_dir: str | Path | None = None, shadow: bool = True) -> None:
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.precision = precision
@@ -107,6 +110,12 @@ class ModelRegistry:
         self._pulled_at: dict[str, float] = {}
         self._pulls: dict[str, Future] = {}
         self._puller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-pull") if source else None
+        # The shadow candidates: the same folder layout one level down (hidden, so never taken for a product),
+        # loaded, verified and hot-reloaded the same way; the object-store pull above fills it too.
+        self.shadow: ModelRegistry | None = ModelRegistry(
+            self.model_dir / SHADOW_DIR, threads=threads, poll_s=poll_s, providers=providers, precision=precision,
+            max_batch=max_batch, max_batch_per_product=max_batch_per_product, device_id=device_id,
+            trt_cache_dir=trt_cache_dir, shadow=False) if shadow else None
 
     @classmethod
     def from_config(cls, config: ProcessorConfig, source: ModelCache | None = None) -> ModelRegistry:
@@ -161,6 +170,13 @@ class ModelRegistry:
             self._pull(product, wait=self.folder_for(product) is None)
         folder = self.folder_for(product, line_id)
         return None if folder is None else self._current(folder)
+
+    def shadow_for(self, product: str, line_id: str | None = None) -> LoadedModel | None:
+        """The shadow candidate for ``product`` on ``line_id`` (``.shadow/<product>@<line>``, else
+        ``.shadow/<product>``), or None. Call after :meth:`get`, which pulls it from the object store."""
+        if self.shadow is None or self.shadow.folder_for(product, line_id) is None:
+            return None
+        return self.shadow.get(product, line_id)
 
     def _pull(self, product: str, wait: bool) -> None:
         """Bring ``product``'s promoted versions into the cache, at most every ``poll_s``: waited for when

@@ -5,11 +5,15 @@ Object layout (in the bucket of ``sinks.object_store``)::
     models/<product>/<version>/<file>            every model file, uploaded first
     models/<product>/<version>/checksums.json    {file: sha256} for every file and for the manifest
     models/<product>/<version>/manifest.json     uploaded last: a version without it is incomplete
-    models/<product>/promoted.json               {"product": [history], "lines": {line: [history]}}
+    models/<product>/promoted.json               {"product": [history], "lines": {line: [history]},
+                                                  "shadow": {"product": candidate, "lines": {line: candidate}}}
 
 A host pulls a promoted version into ``<cache>/.versions/<product>/<version>/``, checks every
 sha256 against checksums.json and the manifest, and only then points ``<cache>/<product>``
-(or ``<cache>/<product>@<line>``) at it by an atomic symlink swap. The cache is then an ordinary
+(or ``<cache>/<product>@<line>``) at it by an atomic symlink swap. A shadow candidate
+(``lineguard models shadow``) is pulled the same way and pointed at by ``<cache>/.shadow/<product>``
+(or ``<cache>/.shadow/<product>@<line>``): the processors score it beside the live model and publish
+its verdicts to ``lineguard.shadow.<line>`` only. The cache is then an ordinary
 model folder for :class:`~lineguard.inspection.ModelRegistry`, which checks the files again before loading.
 """
 
@@ -28,7 +32,7 @@ from lineguard.engines.manifest import MANIFEST_FILE, ONNX_FILE, Manifest
 from lineguard.logs import get_logger
 from lineguard.stores import ObjectStore
 
-from .models import valid_name
+from .models import SHADOW_DIR, valid_name
 
 log = get_logger(__name__)
 
@@ -115,9 +119,41 @@ class ModelStore:
         return {version: {CHECKSUMS_FILE, MANIFEST_FILE} <= names for version, names in sorted(files.items())}
 
     def pointer(self, product: str) -> dict[str, Any]:
-        """``{"product": [history], "lines": {line: [history]}}``; a history's last entry is the one served."""
+        """``{"product": [history], "lines": {line: [history]}, "shadow": {"product": entry, "lines": {line:
+        entry}}}``; a history's last entry is the one served, a shadow entry the candidate scored beside it."""
         pointer = self._get_json(_key(product, POINTER_FILE)) or {}
-        return {"product": list(pointer.get("product", [])), "lines": dict(pointer.get("lines", {}))}
+        shadow = pointer.get("shadow") or {}
+        return {"product": list(pointer.get("product", [])), "lines": dict(pointer.get("lines", {})),
+                "shadow": {"product": shadow.get("product"), "lines": dict(shadow.get("lines") or {})}}
+
+    @staticmethod
+    def shadowed(pointer: dict[str, Any]) -> dict[str, str]:
+        """Shadow candidates as :meth:`served` gives the live versions: ``""`` (every line) or line -> version."""
+        shadow = pointer.get("shadow") or {}
+        out = {"": shadow["product"]["version"]} if shadow.get("product") else {}
+        out.update({line: entry["version"] for line, entry in (shadow.get("lines") or {}).items() if entry})
+        return out
+
+    def shadow(self, product: str, version: str | None, line: str | None = None) -> str | None:
+        """Score ``version`` in shadow beside the promoted one (on every line, or on ``line``); None clears
+        the candidate. Returns the candidate replaced, if any."""
+        _check_names(product, version, line)
+        if version is not None and not self.versions(product).get(version):
+            raise PublishError(f"{product} has no complete version {version!r}: push it first")
+        pointer = self.pointer(product)
+        shadow = pointer["shadow"]
+        before = (shadow["lines"].get(line) if line else shadow["product"]) or {}
+        entry = None if version is None else {
+            "version": version, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if line:
+            shadow["lines"].pop(line, None)
+            if entry:
+                shadow["lines"][line] = entry
+        else:
+            shadow["product"] = entry
+        self._put_pointer(product, pointer)
+        log.info("shadow of %s%s: %s", product, f" on line {line}" if line else "", version or "cleared")
+        return before.get("version")
 
     @staticmethod
     def served(pointer: dict[str, Any]) -> dict[str, str]:
@@ -134,6 +170,12 @@ class ModelStore:
         pointer = self.pointer(product)
         history = pointer["lines"].setdefault(line, []) if line else pointer["product"]
         history.append({"version": version, "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        # The shadow candidate promoted: it is live now, so it stops being scored in shadow (same write).
+        shadow = pointer["shadow"]
+        if line and (shadow["lines"].get(line) or {}).get("version") == version:
+            del shadow["lines"][line]
+        elif not line and (shadow["product"] or {}).get("version") == version:
+            shadow["product"] = None
         self._put_pointer(product, pointer)
         log.info("promoted %s version %s%s", product, version, f" on line {line}" if line else "")
 
@@ -175,16 +217,24 @@ class ModelCache:
         the versions that cannot be pulled are returned, their folders left as they were."""
         if not valid_name(product):
             return []
+        pointer = self.models.pointer(product)
         served = {(f"{product}@{line}" if line else product): version
-                  for line, version in ModelStore.served(self.models.pointer(product)).items()}
+                  for line, version in ModelStore.served(pointer).items()}
+        shadowed = {(f"{product}@{line}" if line else product): version
+                    for line, version in ModelStore.shadowed(pointer).items()}
         refusals = []
-        for name, version in sorted(served.items()):
-            try:
-                self._point(name, self._pulled(product, version))
-            except PullRefused as refusal:
-                refusals.append(refusal)
+        for folder, wanted in ((self.cache_dir, served), (self.cache_dir / SHADOW_DIR, shadowed)):
+            for name, version in sorted(wanted.items()):
+                try:
+                    self._point(name, self._pulled(product, version), folder)
+                except PullRefused as refusal:
+                    refusals.append(refusal)
         for link in self.cache_dir.glob(f"{product}@*"):  # a line rolled back to the product-wide model
             if link.is_symlink() and link.name not in served:
+                link.unlink()
+        shadow_dir = self.cache_dir / SHADOW_DIR
+        for link in [*shadow_dir.glob(product), *shadow_dir.glob(f"{product}@*")]:  # a cleared or promoted candidate
+            if link.is_symlink() and link.name not in shadowed:
                 link.unlink()
         return refusals
 
@@ -194,14 +244,16 @@ class ModelCache:
         _check_names(product, version)
         return self._pulled(product, version)
 
-    def _point(self, name: str, target: Path) -> None:
-        link = self.cache_dir / name
-        relative = os.path.relpath(target, self.cache_dir)
+    def _point(self, name: str, target: Path, folder: Path | None = None) -> None:
+        folder = folder or self.cache_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / name
+        relative = os.path.relpath(target, folder)
         if link.is_symlink() and os.readlink(link) == relative:
             return
         if link.exists() and not link.is_symlink():
             raise PullRefused(name.partition("@")[0], "cache", f"{link} is a real folder, not a pulled model: remove it")
-        tmp = self.cache_dir / f".{name}.link"
+        tmp = folder / f".{name}.link"
         tmp.unlink(missing_ok=True)
         os.symlink(relative, tmp)
         os.replace(tmp, link)  # atomic: the registry sees the old version or the new one

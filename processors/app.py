@@ -5,6 +5,7 @@ Flow per frame::
     lineguard.frames.<line> --(decode msgpack, cheap, on the loop)--> MicroBatcher (per model)
         --(flush: decode images, score, render heatmaps; worker threads)-->
         lineguard.heatmaps.<line>, lineguard.verdicts.<line>  |  lineguard.deadletter
+        (+ lineguard.shadow.<line>: the shadow candidate's verdicts of the same frames, when the line has one)
         --(every output acknowledged by the broker)--> ack the frame (faust commits acked offsets)
 
 Acknowledging only after delivery makes the path at-least-once: a crash
@@ -144,6 +145,9 @@ class FrameProcessor:
                 self.counts["archived"] += 1
             sends.append(self._publish(topics.verdicts(frame.line_id), key_bytes, outcome.verdict.encode()))
             self.counts["verdicts_out"] += 1
+            if outcome.shadow is not None:  # the shadow candidate's verdict: its own topic, never the verdict topic
+                sends.append(self._publish_shadow(topics.shadow(frame.line_id), key_bytes, outcome.shadow.encode()))
+                self.counts["shadow_out"] += 1
             if outcome.verdict.late:
                 self.counts["late"] += 1
                 prom.LATE_VERDICTS.labels(frame.line_id).inc()
@@ -175,6 +179,22 @@ class FrameProcessor:
                 prom.PUBLISH_RETRIES.inc()
                 log.warning("publishing to %s failed (%s: %s); retrying in %.1fs", topic, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
+
+    async def _publish_shadow(self, topic: str, key: bytes, value: bytes, attempts: int = 3) -> None:
+        """A shadow verdict: a few attempts, then dropped (logged and counted): a trial's verdict never holds
+        the live frames' acknowledgement back for long."""
+        for attempt in range(attempts):
+            try:
+                future = await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+                await asyncio.wait_for(future, timeout=10.0)
+                return
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                if attempt + 1 == attempts:
+                    self.counts["shadow_dropped"] += 1
+                    prom.SHADOW_FAILURES.labels(_line_or_topic(topic)).inc()
+                    log.warning("shadow verdict to %s dropped (%s: %s)", topic, type(exc).__name__, exc)
+                    return
+                await asyncio.sleep(PUBLISH_BACKOFF.delay(attempt))
 
     async def _dead_letter_then_ack(self, event: Any, error: SchemaError) -> None:
         try:

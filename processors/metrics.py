@@ -32,6 +32,10 @@ MODEL_INFO = Gauge("lineguard_processor_model_info",
                    "1 for each model loaded, labelled with its folder's product and line (\"\" product-wide), "
                    "manifest name, version and graph precision",
                    ["product", "line", "model_name", "version", "precision"])
+SHADOW_VERDICTS = Counter("lineguard_processor_shadow_verdicts", "Shadow candidates' verdicts scored, by result "
+                          "(pass, defective); published to lineguard.shadow.<line> only", ["line", "result"])
+SHADOW_FAILURES = Counter("lineguard_processor_shadow_failures", "Batches or frames the shadow candidate failed to "
+                          "score (the live verdicts are published regardless)", ["line"])
 LATE_VERDICTS = Counter("lineguard_processor_late_verdicts",
                         "Verdicts scored after their line's verdict deadline (flagged late, never gated)", ["line"])
 PARTS_DECIDED = Counter("lineguard_parts_decided", "Part verdicts published, by reason (complete, deadline)",

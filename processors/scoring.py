@@ -9,6 +9,7 @@ lookup, thresholds and overlays are ``lineguard.inspection``'s, shared with the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from lineguard.engines.regions import RegionError, Regions, mismatch, score_fram
 from lineguard.inspection import ModelRegistry, NonFiniteScore, is_defective, render_overlay, threshold_for
 from lineguard.schemas import Frame, Heatmap, ImageLimits, Reason, SchemaError, Verdict, image, topics, verdict_meta
 
+from . import metrics as prom
 from .archive import archive_message, wants_archive
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class Outcome:
     heatmap: Heatmap | None = None
     failure: SchemaError | None = None  # -> dead letter
     archive: Heatmap | None = None  # the frame's image for the archive (processor.archive), stored by the heatmap sink
+    shadow: Verdict | None = None  # the shadow candidate's verdict of the same frame -> lineguard.shadow.<line> only
 
 
 @dataclass
@@ -208,4 +211,51 @@ class BatchScorer:
             archived = archive_message(frame, img) if wants_archive(self.config, frame.frame_id, defective) else None
             outcomes.append(Outcome(work, verdict=verdict, heatmap=heatmap, archive=archived))
         self.stats.render_ms = (time.perf_counter() - scored_at) * 1000
+        self._shadow(first, [o for o in outcomes if o.verdict is not None], dict((id(w), img) for w, img in good))
         return outcomes
+
+    def _shadow(self, first: Frame, live: list[Outcome], images: dict[int, np.ndarray]) -> None:
+        """Score the live verdicts' frames with the line's shadow candidate, if it has one, into ``Outcome.shadow``.
+
+        After the live scoring, in the same thread: a candidate that fails (to load, to score, a frame or the
+        whole batch) is logged and counted in ``lineguard_processor_shadow_failures_total`` and leaves the live
+        verdicts as they are; it costs the live verdicts no more than its own scoring time."""
+        if not live or self.registry.shadow is None:
+            return
+        try:
+            model = self.registry.shadow_for(first.product, first.line_id)
+            if model is None:
+                return
+            engine = model.engine
+            started = time.perf_counter()
+            works = [o.work for o in live]
+            results = self._score_frames(engine, [images[id(w)] for w in works],
+                                         [self._regions_for(w.frame, engine) for w in works])
+            inference_ms = (time.perf_counter() - started) * 1000
+            scored_at_ns = time.time_ns()
+            manifest = engine.manifest
+            threshold = threshold_for(self.config, first.line_id, first.product, manifest.thresholds.value)
+            failed = 0
+            for outcome, (score, _amap, failure) in zip(live, results):
+                try:
+                    if failure is not None:
+                        raise failure
+                    score = float(score)
+                    defective = bool(is_defective(score, threshold))
+                except (SchemaError, NonFiniteScore, TypeError, ValueError):
+                    failed += 1
+                    continue
+                outcome.shadow = dataclasses.replace(
+                    outcome.verdict, scored_at_ns=scored_at_ns, model_name=manifest.name,
+                    model_version=manifest.version, score=score, threshold=threshold, is_defective=defective,
+                    heatmap_key=None, inference_ms=inference_ms, late=None)
+                prom.SHADOW_VERDICTS.labels(first.line_id, "defective" if defective else "pass").inc()
+            if failed:
+                prom.SHADOW_FAILURES.labels(first.line_id).inc(failed)
+                log.warning("shadow model %s %s failed %d of %d frames on %s", manifest.name, manifest.version,
+                            failed, len(live), first.line_id)
+        except Exception as exc:  # noqa: BLE001 - the shadow never takes the live verdicts down
+            for outcome in live:
+                outcome.shadow = None
+            prom.SHADOW_FAILURES.labels(first.line_id).inc()
+            log.warning("shadow scoring of a batch on %s failed: %s: %s", first.line_id, type(exc).__name__, exc)

@@ -12,7 +12,7 @@ PREFIX = "lineguard"
 DEADLETTER = f"{PREFIX}.deadletter"
 # Compacted; one record per dead letter re-injected by `lineguard replay`, keyed by the letter's offset.
 REPLAY_MARKERS = f"{PREFIX}.replay-markers"
-KINDS = ("frames", "verdicts", "heatmaps", "parts", "labels")  # the per-line topic families
+KINDS = ("frames", "verdicts", "heatmaps", "parts", "labels", "shadow")  # the per-line topic families
 _LINE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -59,6 +59,11 @@ def labels(line_id: str) -> str:
     """Operators' labels of the line's verdicts (confirmed defect, false alarm, missed defect), keyed by frame_id."""
     return per_line("labels", line_id)
 
+
+def shadow(line_id: str) -> str:
+    """Verdicts of the line's shadow candidate model (``lineguard models shadow``), keyed by camera: never
+    on the verdict topic, so no MES client sees them; ``lineguard sink shadow`` writes them to ClickHouse."""
+    return per_line("shadow", line_id)
 
 
 def line_of(topic: str) -> str:

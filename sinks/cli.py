@@ -1,4 +1,4 @@
-"""``lineguard sink clickhouse|parts|labels|heatmaps [--lines L1,L2 | all] [--until-idle SECONDS]``."""
+"""``lineguard sink clickhouse|parts|labels|shadow|heatmaps [--lines L1,L2 | all] [--until-idle SECONDS]``."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ def register(subparsers: Any) -> None:
         description="Consume verdict or heatmap topics and write them out; offsets are committed "
         "only after a successful write. Prints 'sink: kind=... written=N deadletter=N retries=N' on exit.",
     )
-    parser.add_argument("kind", choices=["clickhouse", "parts", "labels", "heatmaps"],
+    parser.add_argument("kind", choices=["clickhouse", "parts", "labels", "shadow", "heatmaps"],
                         help="clickhouse: verdicts -> verdicts table; parts: part verdicts -> parts table; "
-                             "labels: operator labels -> labels table; heatmaps: overlays -> object store")
+                             "labels: operator labels -> labels table; shadow: shadow candidates' verdicts -> "
+                             "shadow_verdicts table; heatmaps: overlays -> object store")
     parser.add_argument(
         "--lines", default="all",
         help="comma-separated line ids, or 'all' (default: every line, new ones included)",
@@ -42,15 +43,17 @@ def run_sink(args: argparse.Namespace, settings: Settings) -> int:
     serve_metrics(settings.sinks.metrics_port, settings.metrics_host, f"sink {args.kind}")
     stop = threading.Event()
     store: Any
-    if args.kind in ("clickhouse", "parts", "labels"):
+    if args.kind in ("clickhouse", "parts", "labels", "shadow"):
         from lineguard.stores import open_store
 
         from .clickhouse import ClickHouseWriter
         from .labels import LabelsWriter
         from .parts import PartsWriter
+        from .shadow import ShadowWriter
 
         store = open_store(settings)
-        writer_class = {"clickhouse": ClickHouseWriter, "parts": PartsWriter, "labels": LabelsWriter}[args.kind]
+        writer_class = {"clickhouse": ClickHouseWriter, "parts": PartsWriter, "labels": LabelsWriter,
+                        "shadow": ShadowWriter}[args.kind]
         writer: Any = writer_class(settings, store)
     else:
         from lineguard.stores import open_object_store

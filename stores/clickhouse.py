@@ -31,8 +31,8 @@ from zoneinfo import ZoneInfo
 from lineguard.config import ConfigError, Settings
 from lineguard.schemas import Label, PartVerdict, Verdict
 
-from .verdict_schema import (LABEL_COLUMNS, PART_COLUMNS, VERDICT_COLUMNS, check_identifier, label_row, part_row,
-                             schema_statements, verdict_row)
+from .verdict_schema import (LABEL_COLUMNS, MODEL_EVENT_COLUMNS, PART_COLUMNS, VERDICT_COLUMNS, check_identifier,
+                             label_row, part_row, schema_statements, verdict_row)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -62,6 +62,15 @@ class VerdictStore(abc.ABC):
     def insert_verdicts(self, verdicts: Sequence[Verdict]) -> int:
         """Insert verdicts (replays welcome: they collapse); returns the rows sent."""
         return self.insert_rows("verdicts", VERDICT_COLUMNS, [verdict_row(v) for v in verdicts])
+
+    def insert_shadow_verdicts(self, verdicts: Sequence[Verdict]) -> int:
+        """Insert shadow candidates' verdicts into ``shadow_verdicts`` (never ``verdicts``); replays collapse."""
+        return self.insert_rows("shadow_verdicts", VERDICT_COLUMNS, [verdict_row(v) for v in verdicts])
+
+    def insert_model_event(self, **event: Any) -> int:
+        """One promotion, rollback or shadow change (:data:`MODEL_EVENT_COLUMNS`; missing ones empty)."""
+        row = [event.get(c) if c == "event_at_ns" else str(event.get(c) or "") for c in MODEL_EVENT_COLUMNS]
+        return self.insert_rows("model_events", MODEL_EVENT_COLUMNS, [row])
 
     def insert_parts(self, parts: Sequence[PartVerdict]) -> int:
         """Insert part verdicts (a re-decided part collapses to its latest decision)."""

@@ -1,4 +1,4 @@
-"""The ClickHouse layout of verdicts, part verdicts and labels: the DDL, and the insert columns derived from ``Verdict``.
+"""The ClickHouse layout of verdicts, shadow verdicts, part verdicts, labels and model events: the DDL, and the insert columns derived from ``Verdict``.
 
 ``verdicts`` is a ``ReplacingMergeTree(scored_at_ns)`` ordered by ``(line_id, product,
 camera_id, captured_at_ns, frame_id)``. Everything in that key is fixed by the
@@ -287,6 +287,59 @@ def _latest_view(db: str, on_cluster: str) -> str:
         """
 
 
+def _shadow_table(db: str, tail: str, cluster: str | None) -> list[str]:
+    """The shadow candidates' verdicts (``lineguard sink shadow``): the verdicts' columns, in a table of their own so
+    a shadow row never collapses with the live row of its frame. ``model_version`` is in the key: two candidates
+    trialled on one frame keep a row each, and a candidate's replays collapse (latest ``scored_at_ns``)."""
+    tail = tail.replace(f"ORDER BY {_SORT_KEY}", f"ORDER BY {_SHADOW_SORT_KEY}")
+    if cluster:
+        on = f" ON CLUSTER {cluster}"
+        return [
+            f"CREATE TABLE IF NOT EXISTS {db}.shadow_verdicts_local{on}\n{_COLUMNS_DDL}\n"
+            f"ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/shadow_verdicts', "
+            f"'{{replica}}', scored_at_ns)\n{tail}",
+            f"CREATE TABLE IF NOT EXISTS {db}.shadow_verdicts{on} AS {db}.shadow_verdicts_local\n"
+            f"ENGINE = Distributed({cluster}, {db}, shadow_verdicts_local, cityHash64(frame_id))",
+        ]
+    return [f"CREATE TABLE IF NOT EXISTS {db}.shadow_verdicts\n{_COLUMNS_DDL}\n"
+            f"ENGINE = ReplacingMergeTree(scored_at_ns)\n{tail}"]
+
+
+_SHADOW_SORT_KEY = "(line_id, product, camera_id, captured_at_ns, frame_id, model_version)"
+
+# Model promotions, rollbacks and shadow trials (``lineguard models``): who, when, why. Written once by the CLI.
+MODEL_EVENT_COLUMNS: tuple[str, ...] = (
+    "event_at_ns", "action", "product", "line_id", "version", "previous_version", "by", "reason", "host")
+
+_MODEL_EVENTS_DDL = """
+    (
+        event_at_ns      Int64,
+        action           LowCardinality(String),
+        product          LowCardinality(String),
+        line_id          LowCardinality(String),
+        version          String,
+        previous_version String,
+        by               String,
+        reason           String,
+        host             String,
+        event_at         DateTime64(6, 'UTC') ALIAS fromUnixTimestamp64Micro(intDiv(event_at_ns, 1000), 'UTC')
+    )"""
+
+
+def _model_events_table(db: str, cluster: str | None) -> list[str]:
+    """An audit trail: plain MergeTree, no TTL (few rows, kept for good)."""
+    tail = "ORDER BY (product, event_at_ns)"
+    if cluster:
+        on = f" ON CLUSTER {cluster}"
+        return [
+            f"CREATE TABLE IF NOT EXISTS {db}.model_events_local{on}\n{_MODEL_EVENTS_DDL}\n"
+            f"ENGINE = ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{db}/model_events', '{{replica}}')\n{tail}",
+            f"CREATE TABLE IF NOT EXISTS {db}.model_events{on} AS {db}.model_events_local\n"
+            f"ENGINE = Distributed({cluster}, {db}, model_events_local, cityHash64(product))",
+        ]
+    return [f"CREATE TABLE IF NOT EXISTS {db}.model_events\n{_MODEL_EVENTS_DDL}\nENGINE = MergeTree\n{tail}"]
+
+
 def schema_statements(database: str, *, ttl_days: int | None = None, cluster: str | None = None) -> list[str]:
     """The idempotent DDL both backends run, in order (the cluster form when ``cluster`` is set)."""
     db = check_identifier(database)
@@ -316,6 +369,8 @@ def schema_statements(database: str, *, ttl_days: int | None = None, cluster: st
         *added,
         *_parts_table(db, ttl_days, cluster.strip() if cluster else None),
         *_labels_table(db, cluster.strip() if cluster else None),
+        *_shadow_table(db, tail, cluster.strip() if cluster else None),
+        *_model_events_table(db, cluster.strip() if cluster else None),
         _latest_view(db, on),
         _labels_latest_view(db, on),
         # quantileExactInclusive is the usual linear-interpolation quantile (R7,

@@ -38,7 +38,8 @@ def test_create_schema_is_idempotent_and_has_the_replacing_layout(verdict_store:
             {"db": db},
         )
     }
-    assert set(tables) == {"verdicts", "verdicts_latest", "verdicts_hourly", "parts"}
+    assert set(tables) == {"verdicts", "verdicts_latest", "verdicts_hourly", "parts", "labels", "labels_latest",
+                           "shadow_verdicts", "model_events"}
     verdicts = tables["verdicts"]
     assert verdicts["engine"] == "ReplacingMergeTree"
     assert "ReplacingMergeTree(scored_at_ns)" in verdicts["engine_full"]

@@ -1,4 +1,4 @@
-"""Topics: create each line's frame, verdict and heatmap topics and the dead-letter topic.
+"""Topics: create each line's frame, verdict, heatmap, part, label and shadow topics and the dead-letter topic.
 
 Replication follows ``kafka.replication_factor`` / ``kafka.min_insync_replicas``;
 "auto" derives them from the brokers alive when the topics are created: one
@@ -47,6 +47,8 @@ def _wanted_topics(kafka_cfg: KafkaConfig, line_ids: Iterable[str], live_brokers
         wanted.append(NewTopic(topics.parts(line_id), parts, rf, config=dict(retained)))
         # Labels are few (an operator's clicks) but ground truth: kept like verdicts, keyed by frame.
         wanted.append(NewTopic(topics.labels(line_id), parts, rf, config=dict(retained)))
+        # A shadow candidate's verdicts: kept like verdicts, read only by `lineguard sink shadow`.
+        wanted.append(NewTopic(topics.shadow(line_id), parts, rf, config=dict(retained)))
     wanted.append(NewTopic(topics.DEADLETTER, 1, rf, config=dict(size)))
     return wanted
 
