@@ -22,7 +22,7 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 REPO = DEPLOY.parent
 # The services of a plant stack, each of which must report health.
 BROKERS = ("kafka-1", "kafka-2", "kafka-3")
-LINEGUARD_SERVICES = ("processor", "processor-gpu-0", "clickhouse-sink", "heatmap-sink", "parts-sink", "labels-sink", "parts-line1",
+LINEGUARD_SERVICES = ("processor", "processor-gpu-0", "clickhouse-sink", "heatmap-sink", "parts-sink", "labels-sink", "shadow-sink", "parts-line1",
                       "api")
 # Started only with `--profile gpu`, one per GPU.
 GPU_PROCESSORS = ("processor-gpu-0",)

@@ -89,7 +89,7 @@ def test_helm_lint_passes() -> None:
 def test_every_part_is_rendered(manifests: list[dict[str, Any]]) -> None:
     deployments = by_kind(manifests, "Deployment")
     assert set(deployments) == {"plant-processor", "plant-sink-clickhouse", "plant-sink-heatmaps", "plant-sink-parts",
-                                "plant-sink-labels", "plant-api", "plant-parts-line1", "plant-parts-line2"}
+                                "plant-sink-labels", "plant-sink-shadow", "plant-api", "plant-parts-line1", "plant-parts-line2"}
     assert set(by_kind(manifests, "Service")) == {"plant-api"}
     assert set(by_kind(manifests, "ConfigMap")) == {"plant-config"}
     assert set(by_kind(manifests, "ScaledObject")) == {"plant-processor"}
@@ -99,6 +99,7 @@ def test_every_part_is_rendered(manifests: list[dict[str, Any]]) -> None:
     assert commands["plant-sink-heatmaps"] == ["sink", "heatmaps"]
     assert commands["plant-sink-parts"] == ["sink", "parts"]
     assert commands["plant-sink-labels"] == ["sink", "labels"]
+    assert commands["plant-sink-shadow"] == ["sink", "shadow"]
     # one part service per line, never two at once (both would decide the line's parts)
     for line in ("line1", "line2"):
         assert commands[f"plant-parts-{line}"] == ["parts", "--line", line]
@@ -114,7 +115,7 @@ def test_every_part_is_rendered(manifests: list[dict[str, Any]]) -> None:
 def test_every_container_has_resources_and_both_probes(each_rendering: list[dict[str, Any]]) -> None:
     found = containers(each_rendering)
     deployments = by_kind(each_rendering, "Deployment")
-    assert len(found) == 6 + ("plant-processor-gpu" in deployments) + sum(n.startswith("plant-parts-") for n in deployments)
+    assert len(found) == 7 + ("plant-processor-gpu" in deployments) + sum(n.startswith("plant-parts-") for n in deployments)
     for name, c in found:
         assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["cpu"], name
         assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"], name
