@@ -7,6 +7,8 @@
   and ``GET /heatmaps/{key}`` (the heatmap object store).
 * ``POST /verdicts/{frame_id}/label``, ``GET /review/passed``, ``GET /api/feedback``: operator feedback
   (labels go to Kafka, never straight to ClickHouse; see feedback_routes).
+* ``GET /api/shadow``: a line's shadow trial, as ``lineguard models compare`` shows it, with the latest
+  disagreements (see shadow_routes).
 
 Every endpoint that returns plant data needs the header ``X-API-Key``; ``/health``,
 ``/metrics`` and the dashboard's static page (which holds no data) do not. Errors
@@ -41,6 +43,7 @@ from .inspection_routes import inspection_routes
 from .labels import LabelPublisher
 from .metrics import ApiMetrics
 from .schema import Health, documented_errors, error_response
+from .shadow_routes import shadow_routes
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file
 
@@ -140,4 +143,5 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
 
     app.include_router(dashboard_routes(store, heatmaps, authed))
     app.include_router(feedback_routes(store, labels, authed))
+    app.include_router(shadow_routes(store, authed))
     return app

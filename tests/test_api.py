@@ -280,14 +280,17 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(api, tmp_path):
         'checks.positive_data_acceptance.expected-statuses = ["2xx", "413", "415", "422"]\n'
     )
     cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color", "run", f"{api['url']}/openapi.json",
-           "-H", f"X-API-Key: {KEY}", "--checks", "all", "--max-examples", "15", "--workers", "2",
+           "-H", f"X-API-Key: {KEY}", "--checks", "all", "--max-examples", "15",
+           # one worker: hypothesis describes filters with ast.parse, which CPython 3.11 does not make
+           # thread-safe ("AST constructor recursion depth mismatch" in 2 of 4 runs with two workers)
+           "--workers", "1",
            "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all", "--seed", "1"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     summary = "\n".join(out.stdout.splitlines()[-25:])
     print("\n" + summary)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert re.search(r"(\d+) generated", out.stdout) and int(re.search(r"(\d+) generated", out.stdout).group(1)) > 100
-    assert "Tested: 13" in out.stdout  # every operation of the schema was exercised
+    assert "Tested: 14" in out.stdout  # every operation of the schema was exercised
     # The server is still fine afterwards.
     assert api["client"].get("/health").json()["status"] == "ok"
     assert "Traceback" not in api["server"].output()

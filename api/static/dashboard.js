@@ -140,7 +140,11 @@ async function refresh() {
     lineChart(document.getElementById("drift-chart"),
       groupSeries(drift.filter((r) => r.psi !== null), (r) => `${r.line_id} ${r.model_name} ${r.model_version}`, (r) => r.psi),
       { grain, guides: [{ v: 0.1, label: "watch", colour: "#b8860b" }, { v: 0.25, label: "drift", colour: "#c62828" }] });
-    await renderDefects(defects);
+    // The shadow trial of each line (most lines have none: the panel stays hidden).
+    const shadow = await Promise.all(lines.map((l) =>
+      api(`/api/shadow?line=${encodeURIComponent(l.line_id)}&${q}&limit=12`).then((r) => r.json())));
+    releaseObjectUrls();
+    await Promise.all([renderDefects(defects), renderShadow(shadow)]);
     error.textContent = "";
     document.getElementById("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
     document.body.dataset.loaded = "true";
@@ -219,10 +223,25 @@ function renderLines(lines) {
   if (!lines.length) body.append(el("tr", {}, "no verdicts in this window"));
 }
 
-async function renderDefects(defects) {
-  const box = document.getElementById("defects");
+function releaseObjectUrls() {
   state.objectUrls.forEach((u) => URL.revokeObjectURL(u));
   state.objectUrls = [];
+}
+
+// <img src> cannot send the key header: fetch the PNG, show it from a blob URL.
+async function loadHeatmap(img, key) {
+  try {
+    const blob = await (await api(`/heatmaps/${key.split("/").map(encodeURIComponent).join("/")}`)).blob();
+    const url = URL.createObjectURL(blob);
+    state.objectUrls.push(url);
+    await new Promise((resolve) => { img.onload = img.onerror = resolve; img.src = url; });
+  } catch (e) {
+    img.alt = "heatmap unavailable: " + e.message;
+  }
+}
+
+async function renderDefects(defects) {
+  const box = document.getElementById("defects");
   box.replaceChildren();
   await Promise.all(defects.map(async (d) => {
     const card = el("div", { class: "defect", "data-frame": d.frame_id });
@@ -236,17 +255,102 @@ async function renderDefects(defects) {
     card.append(el("div", { class: "muted" }, when(d.captured_at)));
     card.append(labelButtons(d.frame_id, [["confirmed_defect", "confirmed defect"], ["false_alarm", "false alarm"]]));
     box.append(card);
-    if (!d.heatmap_key) return;
-    try {
-      // <img src> cannot send the key header: fetch the PNG, show it from a blob URL.
-      const blob = await (await api(`/heatmaps/${d.heatmap_key.split("/").map(encodeURIComponent).join("/")}`)).blob();
-      const url = URL.createObjectURL(blob);
-      state.objectUrls.push(url);
-      await new Promise((resolve) => { img.onload = img.onerror = resolve; img.src = url; });
-    } catch (e) {
-      img.alt = "heatmap unavailable: " + e.message;
-    }
+    if (d.heatmap_key) await loadHeatmap(img, d.heatmap_key);
   }));
+}
+
+// Shadow trials (GET /api/shadow, the figures of `lineguard models compare`): per line and candidate
+// the agreement, the agreement table, score quantiles and, with labels, precision and recall of both;
+// then the line's latest disagreements, each saying which model flagged the frame.
+const ratio = (v) => (v === null ? "–" : pct(v));
+
+function figureTable(cls, head, rows) {
+  const table = el("table", { class: cls });
+  const tr = el("tr");
+  head.forEach((h) => tr.append(el("th", {}, h)));
+  const thead = el("thead");
+  thead.append(tr);
+  table.append(thead);
+  const body = el("tbody");
+  for (const [name, cells] of rows) {
+    const row = el("tr", { "data-side": name });
+    row.append(el("td", {}, name));
+    for (const [key, text, value] of cells) row.append(el("td", { class: key, "data-value": value }, text));
+    body.append(row);
+  }
+  table.append(body);
+  return table;
+}
+
+function trialCard(line, c) {
+  const card = el("div", { class: "trial", "data-line": line, "data-shadow-version": c.shadow_version });
+  const title = el("h3", {}, `${line}: live ${c.live_versions.join(", ")} vs shadow ${c.shadow_version} `);
+  title.append(el("span", { class: "muted" }, `on ${c.frames} frames`));
+  card.append(title);
+  const agreement = el("div", { class: "agreement-box" });
+  agreement.append(el("div", { class: "agreement", "data-value": c.agreement === null ? "" : String(c.agreement) },
+    ratio(c.agreement)));
+  agreement.append(el("div", { class: "muted" }, "agreement"));
+  card.append(agreement);
+  const counts = [["both_pass", "both pass"], ["both_defective", "both defective"],
+    ["live_only", "live only defective"], ["shadow_only", "shadow only defective"]];
+  card.append(figureTable("shadow-counts", ["", ...counts.map(([, h]) => h)],
+    [["frames", counts.map(([k]) => [k, String(c[k]), String(c[k])])]]));
+  const qs = Object.keys(c.live_score_quantiles);
+  card.append(figureTable("shadow-quantiles", ["score", ...qs], ["live", "shadow"].map((side) =>
+    [side, qs.map((q) => [q, c[`${side}_score_quantiles`][q].toFixed(4), String(c[`${side}_score_quantiles`][q])])])));
+  if (c.labelled) {
+    card.append(figureTable("shadow-accuracy", [`${c.labelled} labelled`, "precision", "recall"],
+      ["live", "shadow"].map((side) => [side, ["precision", "recall"].map((m) => {
+        const v = c[`${side}_${m}`];
+        return [m, ratio(v), v === null ? "" : String(v)];
+      })])));
+  } else {
+    card.append(el("p", { class: "muted no-labels" }, "no labelled frames: precision and recall unknown"));
+  }
+  return card;
+}
+
+function disagreementTile(d) {
+  const flagged = d.flagged_by === "live" ? `live ${d.live_version}` : `shadow ${d.shadow_version}`;
+  const tile = el("div", { class: "shadow-tile", "data-frame": d.frame_id, "data-flagged-by": d.flagged_by });
+  const scores = [["live", d.live_version, d.live_score, d.live_threshold, d.live_defective],
+    ["shadow", d.shadow_version, d.shadow_score, d.shadow_threshold, d.shadow_defective]]
+    .map(([side, v, score, thr, bad]) => `${side} ${v}: ${score.toFixed(3)} ${bad ? ">" : "≤"} ${thr.toFixed(3)}`);
+  let img = null;
+  if (d.heatmap_key) {
+    img = el("img", { class: "shadow-heatmap", alt: `heatmap of frame ${d.frame_id}` });
+    tile.append(img);
+  } else {
+    const plain = el("div", { class: "plain-tile" });
+    scores.forEach((s) => plain.append(el("div", {}, s)));
+    tile.append(plain);
+  }
+  tile.append(el("div", { class: `flagged flagged-${d.flagged_by}` }, `flagged by ${flagged}`));
+  if (img) scores.forEach((s) => tile.append(el("div", {}, s)));
+  tile.append(el("div", { class: "muted" }, `${d.camera_id} · ${when(d.captured_at)}`));
+  return { tile, img };
+}
+
+async function renderShadow(reports) {
+  const section = document.getElementById("shadow");
+  const box = document.getElementById("shadow-trials");
+  box.replaceChildren();
+  const trials = reports.filter((r) => r.candidates.length);
+  section.hidden = !trials.length;
+  const loads = [];
+  for (const r of trials) {
+    r.candidates.forEach((c) => box.append(trialCard(r.line_id, c)));
+    const strip = el("div", { class: "defects shadow-strip", "data-line": r.line_id });
+    for (const d of r.disagreements) {
+      const { tile, img } = disagreementTile(d);
+      strip.append(tile);
+      if (img) loads.push(loadHeatmap(img, d.heatmap_key));
+    }
+    if (!r.disagreements.length) strip.append(el("p", { class: "muted" }, "no disagreements in this window"));
+    box.append(el("h3", {}, `${r.line_id}: latest disagreements`), strip);
+  }
+  await Promise.all(loads);
 }
 
 function showLogin(message) {
