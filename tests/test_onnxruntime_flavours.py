@@ -42,7 +42,10 @@ def test_no_flavour_is_a_hard_dependency_and_each_extra_is_one() -> None:
     # The GPU flavour is pinned with the CUDA family it was built for; TensorRT 10 (ORT 1.31 links libnvinfer.so.10).
     assert all("==" in r for r in extras["gpu"] + extras["tensorrt"])
     assert [r for r in extras["tensorrt"] if r.startswith("tensorrt-cu13-libs==10.")]
-    assert "'.[cpu,dev]'" in (REPO / "Makefile").read_text()
+    # make venv installs the CPU flavour (and no other) with the development tools
+    installed = re.search(r"install -q -e '\.\[([a-z,]+)\]'", (REPO / "Makefile").read_text())
+    assert installed and {"cpu", "dev"} <= set(installed.group(1).split(","))
+    assert not {"gpu", "tensorrt", "openvino"} & set(installed.group(1).split(","))
 
 
 def test_without_any_flavour_the_scoring_path_says_what_to_install() -> None:
