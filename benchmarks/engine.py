@@ -9,8 +9,9 @@ For every model folder, in a fresh process (so peak RSS is the model's own):
 * the ceiling at the same batch sizes: the bare network work as ONNX Runtime
   runs it — for PatchCore the backbone and the nearest-neighbour search (the
   graph cut at its TopK), for EfficientAD the networks alone (cut at the last
-  convolution of each branch, before the maps are combined), for the baseline
-  its whole graph — fed a ready float tensor;
+  convolution of each branch, before the maps are combined), for SimpleNet
+  the backbone, adaptor and discriminator (cut at its last 1x1 convolution),
+  for the baseline its whole graph — fed a ready float tensor;
 * FLOPs per image of the whole graph (Conv and MatMul/Gemm, counted from the
   graph) and the GFLOP/s achieved at batch 16, against the machine's float32
   matrix-multiply rate measured by numpy in the same run.

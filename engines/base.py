@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -21,25 +22,38 @@ import numpy as np
 
 from .manifest import ONNX_FILE, InputSpec, Manifest, Thresholds
 from .runtime import ScoringEngine, preprocess
-from .thresholds import f1_optimal, normal_quantile
+from .thresholds import DEFAULT_CONFIDENCE, f1_optimal, normal_quantile_bound
+
+log = logging.getLogger(__name__)
 
 
 def calibrate(normal_scores: np.ndarray, defect_scores: np.ndarray | None = None,
-              target_false_reject_rate: float = 0.01) -> tuple[Thresholds, dict[str, Any]]:
-    """Thresholds from normal validation scores (and labelled defects when there are some)."""
+              target_false_reject_rate: float = 0.01,
+              confidence: float = DEFAULT_CONFIDENCE) -> tuple[Thresholds, dict[str, Any]]:
+    """Thresholds from normal validation scores (and labelled defects when there are some).
+
+    The normal quantile is the upper ``confidence`` bound of the ``1 - target`` quantile
+    (:func:`~lineguard.engines.thresholds.normal_quantile_bound`); with fewer normal scores than the
+    bound needs, a warning, and the manifest's calibration records how short it fell.
+    """
     normal_scores = np.asarray(normal_scores, dtype=np.float64)
-    quantile = normal_quantile(normal_scores, target_false_reject_rate)
+    bound = normal_quantile_bound(normal_scores, target_false_reject_rate, confidence)
+    quantile = bound.value
+    if not bound.sufficient:
+        log.warning("only %d normal images to calibrate on: %d are needed to keep the false-reject rate at or "
+                    "below %.2g%% with %.0f%% confidence (these give %.0f%%); the threshold is their maximum "
+                    "plus a margin: give more normal images", bound.n, bound.min_count,
+                    100 * target_false_reject_rate, 100 * confidence, 100 * bound.achieved_confidence)
     thresholds = Thresholds(
         value=quantile, method="normal_quantile", normal_quantile=quantile,
-        target_false_reject_rate=target_false_reject_rate,
+        target_false_reject_rate=target_false_reject_rate, confidence=confidence,
     )
-    if defect_scores is not None and len(defect_scores):
-        scores = np.r_[normal_scores, defect_scores]
-        labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defect_scores))]
-        thresholds.f1_optimal, _ = f1_optimal(scores, labels)
-        thresholds.value, thresholds.method = thresholds.f1_optimal, "f1_optimal"
     stats = {
         "n_normal": int(normal_scores.size),
+        # How the normal quantile was set: the order statistic used and the confidence it carries.
+        "quantile_rule": {"method": "binomial_upper_bound", "rank": bound.rank, "confidence": confidence,
+                          "achieved_confidence": round(bound.achieved_confidence, 4),
+                          "min_normal_count": bound.min_count, "sufficient": bound.sufficient},
         "normal_mean": float(normal_scores.mean()),
         "normal_std": float(normal_scores.std()),
         "normal_quantiles": {str(q): float(np.quantile(normal_scores, q)) for q in (0.5, 0.9, 0.99, 1.0)},

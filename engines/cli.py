@@ -8,6 +8,8 @@ import json
 
 from lineguard.cli_options import add_output_file
 
+from .common.backbone_registry import BACKBONES  # torch-free: --help lists the backbones without torch
+
 
 def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     from .training import train
@@ -17,6 +19,8 @@ def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
         options["input_size"] = (args.size, args.size)
     if args.backbone:
         options["backbone"] = args.backbone
+    if args.backbone_weights:
+        options["weights_path"] = args.backbone_weights
     for item in args.option or []:
         key, _, value = item.partition("=")
         try:  # JSON where it parses (numbers, true/false, lists), else the plain string: layers=features.6
@@ -26,7 +30,8 @@ def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     regions = _regions(args, settings)
     path = train(args.model, args.data, args.out, name=args.name, version=args.version,
                  target_false_reject_rate=args.false_reject_rate, defects_dir=args.defects,
-                 seed=args.seed, regions=regions, **options)
+                 seed=args.seed, regions=regions, calibration_folds=args.calibration_folds,
+                 confidence=args.confidence, **options)
     print(f"train: model={args.model} out={path.parent} regions={regions.describe()}")
     return 0
 
@@ -66,6 +71,12 @@ def _eval(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     return run_eval_cli(args, settings)
 
 
+def _calibrate(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    from .calibrate import run_calibrate_cli
+
+    return run_calibrate_cli(args, settings)
+
+
 def _export(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     from .export import run_export_cli
 
@@ -74,14 +85,26 @@ def _export(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fit an engine on normal images and export it to ONNX + manifest")
-    p.add_argument("--model", required=True, choices=["baseline", "patchcore", "efficientad"])
+    p.add_argument("--model", required=True, choices=["baseline", "patchcore", "efficientad", "simplenet", "draem"])
     p.add_argument("--data", required=True, help="MVTec root (uses train/good) or a folder of normal images")
     p.add_argument("--out", required=True, help="model folder to write (model.onnx + manifest.json)")
-    p.add_argument("--backbone", help="feature extractor for patchcore/efficientad (see docs)")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), metavar="NAME",
+                   help="feature extractor for patchcore/efficientad, one of: " + ", ".join(sorted(BACKBONES))
+                   + " (weights and layers: docs/engines.md#backbones)")
+    p.add_argument("--backbone-weights", metavar="PATH",
+                   help="the backbone's weight file (a torchvision state dict saved with torch.save for the "
+                        "ResNets); default: the installed package's")
     p.add_argument("--size", type=int, help="square input size in pixels")
     p.add_argument("--name")
     p.add_argument("--version")
-    p.add_argument("--false-reject-rate", type=float, default=0.01)
+    p.add_argument("--false-reject-rate", type=float, default=0.01,
+                   help="share of good parts the threshold may reject (default 0.01)")
+    p.add_argument("--confidence", type=float, default=0.9,
+                   help="probability that the realised false-reject rate stays at or below the target: the "
+                        "threshold is that upper confidence bound of the quantile (default 0.9)")
+    p.add_argument("--calibration-folds", type=int, default=None,
+                   help="score every normal image out of fold with K models to calibrate on all of them (0: hold "
+                        "out a fifth; default: 5 folds for patchcore/baseline where a fifth is too few for the bound)")
     p.add_argument("--defects", help="folder of labelled defective images: also calibrate an F1-optimal threshold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", help="engine option KEY=VALUE (repeatable)")
@@ -102,12 +125,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output_file(e, "write the metrics JSON here")
     e.add_argument("--markdown", help="write a Markdown table here")
     e.add_argument("--sheet", help="write a PNG sheet of heatmap overlays here")
+    e.add_argument("--scores", metavar="CSV", help="write every test image's score here (path,defect,score)")
     e.add_argument("--batch", type=int, default=16)
     e.add_argument("--onnx-file", default="model.onnx",
                    help="graph in the model folder to run, e.g. model.int8.onnx or model.fp16.onnx "
                         "(see `lineguard export`); its threshold is the one calibrated for it")
     e.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     e.set_defaults(handler=_eval)
+
+    c = sub.add_parser("calibrate", help="set a model's threshold from a line's own normal images (the line's "
+                                         "override, or the manifest's)")
+    c.add_argument("--model", required=True, help="model folder")
+    c.add_argument("--images", required=True, help="folder of normal images, imaged as the line images them")
+    c.add_argument("--false-reject-rate", type=float, default=None,
+                   help="target share of good parts rejected (default: the manifest's)")
+    c.add_argument("--confidence", type=float, default=0.9,
+                   help="probability the realised false-reject rate stays at or below the target (default 0.9)")
+    c.add_argument("--line", help="the line the images come from (with --write)")
+    c.add_argument("--product", help="product of the override (default: the model folder's name)")
+    c.add_argument("--write", metavar="YAML", help="set processor.threshold_overrides.LINE.PRODUCT in this YAML file")
+    c.add_argument("--update-manifest", action="store_true", help="put the threshold in force in the model's manifest")
+    c.add_argument("--force", action="store_true", help="write even with fewer images than the bound needs")
+    c.add_argument("--onnx-file", default="model.onnx")
+    c.add_argument("--batch", type=int, default=16)
+    c.set_defaults(handler=_calibrate)
 
     x = sub.add_parser("export", help="derive other graphs from a trained model folder (INT8, FP16), each with "
                                       "its own threshold, and print how far their scores and verdicts stray")

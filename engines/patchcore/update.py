@@ -88,6 +88,9 @@ def calibration_images(manifest: Manifest, calibration_dir: str | Path | None = 
     if calibration_dir is not None:
         return list_images(calibration_dir), f"the images in {calibration_dir}"
     training = manifest.training
+    if training.get("calibration_folds"):  # every training image is in the bank: none is held out
+        return [], (f"the model was calibrated out of fold on all {training.get('n_images')} training images, "
+                    "none held out (give --calibration DIR)")
     data = training.get("data")
     if not data or not Path(data).exists():
         return [], f"the training data {data!r} is not here"
