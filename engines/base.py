@@ -48,6 +48,12 @@ def calibrate(normal_scores: np.ndarray, defect_scores: np.ndarray | None = None
         value=quantile, method="normal_quantile", normal_quantile=quantile,
         target_false_reject_rate=target_false_reject_rate, confidence=confidence,
     )
+    if defect_scores is not None and len(defect_scores):
+        # Labelled defects (lineguard train --defects): the threshold that best separates them from the normals.
+        scores = np.r_[normal_scores, defect_scores]
+        labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defect_scores))]
+        thresholds.f1_optimal, _ = f1_optimal(scores, labels)
+        thresholds.value, thresholds.method = thresholds.f1_optimal, "f1_optimal"
     stats = {
         "n_normal": int(normal_scores.size),
         # How the normal quantile was set: the order statistic used and the confidence it carries.

@@ -179,3 +179,17 @@ def test_calibrate_writes_a_line_override_only_with_enough_images(trained: tuple
     from lineguard.inspection.thresholds import threshold_for
 
     assert threshold_for(settings.processor, "press2", "washer", 0.0) == pytest.approx(value)
+
+
+def test_labelled_defects_set_the_f1_optimal_threshold_over_the_normal_bound():
+    """`lineguard train --defects DIR`: with labelled defect scores the threshold separates them best (the
+    normal bound is still recorded); without, it is the normal bound."""
+    from lineguard.engines.base import calibrate
+
+    normals = np.linspace(1.0, 2.0, 40)
+    defects = np.linspace(2.5, 3.5, 10)
+    thresholds, _ = calibrate(normals, defects)
+    assert thresholds.method == "f1_optimal" and 2.0 <= thresholds.value < 2.5
+    assert thresholds.normal_quantile is not None and thresholds.f1_optimal == thresholds.value
+    plain, _ = calibrate(normals)
+    assert plain.method == "normal_quantile" and plain.value == plain.normal_quantile
