@@ -49,6 +49,7 @@ class PinnedModels:
         self.settings = settings
         self.version = version
         self.current = ModelRegistry.from_settings(settings)
+        self.shadow = None  # a re-score is one model's verdicts: no shadow candidate runs beside it
         self._pinned_dir = Path(tempfile.mkdtemp(prefix="lineguard-rescore-"))
         self.pinned = ModelRegistry(self._pinned_dir, threads=settings.processor.inference_threads,
                                     precision=settings.processor.precision,
