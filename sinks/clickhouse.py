@@ -7,26 +7,36 @@ ClickHouse refuses for good (a type or constraint error) is a PermanentWriteErro
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from lineguard.config import Settings
 from lineguard.schemas import Verdict
 from lineguard.stores import VerdictStore
 
 from .errors import classified
-from .writer import Writer
+from .writer import T, Writer
 
 
-class ClickHouseWriter(Writer[Verdict]):
-    """Verdict topics -> ClickHouse, one insert per batch."""
+class StoreWriter(Writer[T]):
+    """One kind of message into its ClickHouse table, one insert per batch: subclasses name the topics,
+    the message and the :class:`VerdictStore` method that inserts a batch."""
 
-    kind = "clickhouse"
-    topic_kind = "verdicts"
-    message_type = Verdict
+    insert: ClassVar[str]
 
     def __init__(self, settings: Settings, store: VerdictStore) -> None:
         super().__init__(settings)
         self.store = store
         self.store.create_schema()
 
-    def write(self, batch: list[Verdict]) -> None:
+    def write(self, batch: list[T]) -> None:
         with classified("ClickHouse insert"):
-            self.store.insert_verdicts(batch)
+            getattr(self.store, self.insert)(batch)
+
+
+class ClickHouseWriter(StoreWriter[Verdict]):
+    """Verdict topics -> ClickHouse, one insert per batch."""
+
+    kind = "clickhouse"
+    topic_kind = "verdicts"
+    message_type = Verdict
+    insert = "insert_verdicts"

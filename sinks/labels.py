@@ -7,24 +7,13 @@ twice (an operator changing their mind, or a replay) collapses to its latest lab
 
 from __future__ import annotations
 
-from lineguard.config import Settings
 from lineguard.schemas import Label
-from lineguard.stores import VerdictStore
 
-from .errors import classified
-from .writer import Writer
+from .clickhouse import StoreWriter
 
 
-class LabelsWriter(Writer[Label]):
+class LabelsWriter(StoreWriter[Label]):
     kind = "labels"
     topic_kind = "labels"
     message_type = Label
-
-    def __init__(self, settings: Settings, store: VerdictStore) -> None:
-        super().__init__(settings)
-        self.store = store
-        self.store.create_schema()
-
-    def write(self, batch: list[Label]) -> None:
-        with classified("ClickHouse insert"):
-            self.store.insert_labels(batch)
+    insert = "insert_labels"

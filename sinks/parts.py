@@ -6,24 +6,13 @@ part collapse in the table (ReplacingMergeTree on ``decided_at_ns``, keyed by th
 
 from __future__ import annotations
 
-from lineguard.config import Settings
 from lineguard.schemas import PartVerdict
-from lineguard.stores import VerdictStore
 
-from .errors import classified
-from .writer import Writer
+from .clickhouse import StoreWriter
 
 
-class PartsWriter(Writer[PartVerdict]):
+class PartsWriter(StoreWriter[PartVerdict]):
     kind = "parts"
     topic_kind = "parts"
     message_type = PartVerdict
-
-    def __init__(self, settings: Settings, store: VerdictStore) -> None:
-        super().__init__(settings)
-        self.store = store
-        self.store.create_schema()
-
-    def write(self, batch: list[PartVerdict]) -> None:
-        with classified("ClickHouse insert"):
-            self.store.insert_parts(batch)
+    insert = "insert_parts"

@@ -7,24 +7,13 @@ the live row of the same frame. ``lineguard models compare`` joins the two.
 
 from __future__ import annotations
 
-from lineguard.config import Settings
 from lineguard.schemas import Verdict
-from lineguard.stores import VerdictStore
 
-from .errors import classified
-from .writer import Writer
+from .clickhouse import StoreWriter
 
 
-class ShadowWriter(Writer[Verdict]):
+class ShadowWriter(StoreWriter[Verdict]):
     kind = "shadow"
     topic_kind = "shadow"
     message_type = Verdict
-
-    def __init__(self, settings: Settings, store: VerdictStore) -> None:
-        super().__init__(settings)
-        self.store = store
-        self.store.create_schema()
-
-    def write(self, batch: list[Verdict]) -> None:
-        with classified("ClickHouse insert"):
-            self.store.insert_shadow_verdicts(batch)
+    insert = "insert_shadow_verdicts"
